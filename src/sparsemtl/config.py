@@ -1,0 +1,331 @@
+"""Typed run configuration: plain YAML validated into dataclasses, plus ``key=value`` overrides.
+
+Every key is checked against the dataclass fields: unknown keys, wrong types and values outside
+the allowed set raise :class:`ConfigError` with a one-line message naming the dotted key and
+what is allowed. Only ``yaml.safe_load`` is ever used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, how large, and how it is batched."""
+
+    name: str = "synthetic-scenes"
+    root: str | None = None
+    image_size: tuple[int, int] = (64, 64)
+    num_train: int = 512
+    num_val: int = 128
+    num_test: int = 128
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    cache: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Shared timm encoder and per-task heads."""
+
+    encoder: str = "resnet50d"
+    output_stride: Literal[8, 16, 32] = 8
+    pretrained: str | None = None
+    dense_head: str = "aspp"
+    head_channels: int = 256
+    aspp_rates: tuple[int, ...] = (12, 24, 36)
+    head_dropout: float = 0.1
+    classifier_channels: tuple[int, int] = (64, 32)
+    classifier_dropout: tuple[float, float] = (0.6, 0.4)
+
+
+@dataclass
+class SparsityConfig:
+    """Group-sparsity regulariser on the shared encoder, applied as a proximal step."""
+
+    penalty: Literal["none", "group_lasso"] = "none"
+    lam: float = 0.0
+    grouping: str = "input_channels"
+    modules: tuple[str, ...] = ("encoder.*",)
+    reweight: Literal["sqrt_size", "none"] = "sqrt_size"
+    warmup_epochs: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW hyper-parameters (the prox step is added on top when sparsity is on)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule; ``plateau`` watches the validation monitor."""
+
+    name: Literal["none", "cosine", "plateau", "step"] = "cosine"
+    min_lr: float = 0.0
+    factor: float = 0.1
+    patience: int = 5
+    step_size: int = 30
+
+
+@dataclass
+class LossConfig:
+    """How per-task losses are combined."""
+
+    weighting: str = "uncertainty"
+    weights: dict[str, float] = field(default_factory=dict)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Loop, device, early stopping and output directory."""
+
+    epochs: int = 10
+    patience: int = 0
+    monitor: str = "loss"
+    device: str = "auto"
+    amp: Literal["none", "fp16", "bf16"] = "none"
+    grad_clip: float = 0.0
+    seed: int = 0
+    deterministic: bool = False
+    progress: bool = True
+    out_dir: str = "runs"
+    name: str | None = None
+
+
+@dataclass
+class Config:
+    """A complete, validated training run description."""
+
+    tasks: tuple[str, ...] = ("segmentation", "depth", "normals")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
+        return _plain(dataclasses.asdict(self))
+
+
+# Numeric range constraints, checked after type conversion: key -> (predicate, description).
+_CONSTRAINTS: dict[str, tuple[Any, str]] = {
+    "data.num_train": (lambda v: v >= 1, "an integer >= 1"),
+    "data.num_val": (lambda v: v >= 1, "an integer >= 1"),
+    "data.num_test": (lambda v: v >= 1, "an integer >= 1"),
+    "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "data.image_size": (lambda v: min(v) >= 16, "two integers >= 16 (height, width)"),
+    "model.head_channels": (lambda v: v >= 1, "an integer >= 1"),
+    "model.aspp_rates": (lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of integers >= 1"),
+    "model.head_dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "model.classifier_channels": (lambda v: min(v) >= 1, "two integers >= 1"),
+    "model.classifier_dropout": (lambda v: all(0.0 <= p < 1.0 for p in v), "two numbers in [0, 1)"),
+    "sparsity.lam": (lambda v: v >= 0.0, "a number >= 0"),
+    "sparsity.warmup_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "sparsity.modules": (lambda v: len(v) >= 1, "a non-empty list of module-name patterns"),
+    "optim.lr": (lambda v: v > 0.0, "a number > 0"),
+    "optim.weight_decay": (lambda v: v >= 0.0, "a number >= 0"),
+    "optim.betas": (lambda v: all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
+    "optim.eps": (lambda v: v > 0.0, "a number > 0"),
+    "scheduler.min_lr": (lambda v: v >= 0.0, "a number >= 0"),
+    "scheduler.factor": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
+    "scheduler.patience": (lambda v: v >= 0, "an integer >= 0"),
+    "scheduler.step_size": (lambda v: v >= 1, "an integer >= 1"),
+    "loss.label_smoothing": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.patience": (lambda v: v >= 0, "an integer >= 0 (0 disables early stopping)"),
+    "train.grad_clip": (lambda v: v >= 0.0, "a number >= 0 (0 disables clipping)"),
+    "tasks": (lambda v: len(v) >= 1 and len(set(v)) == len(v), "a non-empty list of distinct task names"),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    if origin is dict:
+        return "a mapping of names to numbers"
+    if tp is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to type ``tp`` or raise ConfigError naming ``key``."""
+    origin = get_origin(tp)
+    fail = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        for allowed in get_args(tp):
+            if value == allowed and type(value) is type(allowed):
+                return allowed
+            if isinstance(value, str) and str(allowed) == value:
+                return allowed
+        raise fail
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is tuple:
+        args = get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise fail
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise fail
+        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise fail
+        return {str(k): _convert(v, get_args(tp)[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise fail
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise fail
+        return str(value)
+    raise TypeError(f"unsupported config type {tp!r} for key {key!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; allowed keys"
+            f"{' under ' + repr(prefix[:-1]) if prefix else ''}: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + name
+        converted = _convert(value, hints[name], key)
+        check = _CONSTRAINTS.get(key)
+        if check is not None and not check[0](converted):
+            raise ConfigError(f"config key {key!r}: expected {check[1]}, got {value!r}")
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Validate a nested mapping (e.g. parsed YAML) into a :class:`Config`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of settings, got {type(values).__name__}")
+    return _build(Config, values)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested mapping (values parsed as YAML)."""
+    result = _plain(values)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.001")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file (optional), apply overrides, validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must contain a mapping of settings")
+        values = loaded or {}
+    return config_from_dict(apply_overrides(values, overrides or []))

@@ -1,0 +1,111 @@
+"""Groupings: which slices of which parameters form one sparsity group.
+
+Every grouping produces a :class:`GroupStructure`: for each regularised parameter, the dimension
+whose index selects a "row" and the id of the group each row belongs to. A group may own rows of
+several tensors (e.g. a filter and its BatchNorm entries), so one representation serves
+per-layer groupings and groupings coupled across layers alike.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from .slices import GroupSlices
+
+
+@dataclass
+class GroupStructure:
+    """Rows of parameters assigned to groups ``0..num_groups-1``.
+
+    ``owners[g]`` names the layer a group is reported under; ``ids[k][r]`` is the group of row
+    ``r`` of parameter ``k`` (rows taken along ``dims[k]``).
+    """
+
+    names: list[str]
+    params: list[nn.Parameter]
+    dims: list[int]
+    ids: list[torch.Tensor]
+    owners: list[str]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.owners)
+
+    def slices(self, tensors: list[torch.Tensor] | None = None) -> GroupSlices:
+        """The structure applied to ``tensors`` (default: the parameters themselves)."""
+        tensors = [p.detach() for p in self.params] if tensors is None else tensors
+        ids = [i.to(t.device) for i, t in zip(self.ids, tensors)]
+        return GroupSlices(tensors, list(self.dims), ids, self.num_groups)
+
+    def group_sizes(self) -> torch.Tensor:
+        """Number of weights in each group (float64)."""
+        ones = [torch.ones(p.shape, dtype=torch.float64) for p in self.params]
+        return self.slices(ones).group_sum(ones)
+
+    def group_max_abs(self) -> torch.Tensor:
+        """Largest |w| of each group (float64, CPU); a group is zero iff this is exactly 0."""
+        tensors = [p.detach().abs().double().cpu() for p in self.params]
+        return self.slices(tensors).group_amax(tensors)
+
+    def to_spec(self, weights: torch.Tensor) -> dict:
+        """Plain-data description (lists only) stored in an optimiser param group."""
+        return {
+            "dims": list(self.dims),
+            "ids": [i.tolist() for i in self.ids],
+            "weights": weights.double().tolist(),
+        }
+
+
+#: name -> ``grouping(model, patterns) -> GroupStructure``
+GROUPINGS: Registry[Callable[[nn.Module, Sequence[str]], GroupStructure]] = Registry("grouping")
+
+
+def matching_convs(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Conv2d]]:
+    """Conv layers whose qualified module name matches any shell-style pattern.
+
+    A pattern that selects no conv layer is an error: a typo would otherwise silently turn the
+    regulariser off.
+    """
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in convs):
+            raise ValueError(f"sparsity module pattern {pattern!r} matches no conv layer")
+    return [(n, m) for n, m in convs if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def _input_channel_dim(name: str, conv: nn.Conv2d) -> int:
+    """Dimension of the weight indexed by input channel: 1 for dense, 0 for depthwise convs."""
+    if conv.groups == 1:
+        return 1
+    if conv.groups == conv.in_channels == conv.out_channels:
+        return 0
+    raise ValueError(
+        f"conv {name!r} has groups={conv.groups}: input-channel groups are defined only for "
+        "dense or depthwise convolutions"
+    )
+
+
+@GROUPINGS.register("input_channels")
+def input_channels(model: nn.Module, patterns: Sequence[str]) -> GroupStructure:
+    """The seed's grouping: group j of a conv is W[:, j] (all weights reading input channel j)."""
+    names, params, dims, ids, owners = [], [], [], [], []
+    for name, conv in matching_convs(model, patterns):
+        dim = _input_channel_dim(name, conv)
+        n = conv.weight.shape[dim]
+        names.append(f"{name}.weight")
+        params.append(conv.weight)
+        dims.append(dim)
+        ids.append(torch.arange(len(owners), len(owners) + n))
+        owners.extend([name] * n)
+    return GroupStructure(names, params, dims, ids, owners)
+
+
+def build_grouping(name: str, model: nn.Module, patterns: Sequence[str]) -> GroupStructure:
+    """Look up a grouping by name and apply it to ``model``."""
+    return GROUPINGS.get(name)(model, patterns)

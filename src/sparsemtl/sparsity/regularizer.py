@@ -1,0 +1,43 @@
+"""Turn a model and a sparsity config into optimiser param groups."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .groupings import GroupStructure
+
+#: name -> ``fn(group_sizes) -> per-group multiplier of lambda``
+REWEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sqrt_size": torch.sqrt,
+    "none": torch.ones_like,
+}
+
+
+def group_weights(structure: GroupStructure, reweight: str | Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Per-group lambda multipliers, e.g. sqrt(group size) so large groups are not favoured."""
+    fn = REWEIGHTS[reweight] if isinstance(reweight, str) else reweight
+    weights = torch.as_tensor(fn(structure.group_sizes()), dtype=torch.float64)
+    if weights.shape != (structure.num_groups,) or not torch.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError("group reweighting must return one finite, non-negative weight per group")
+    return weights
+
+
+def regularized_param_groups(
+    model: nn.Module,
+    structure: GroupStructure,
+    lam: float,
+    reweight: str | Callable[[torch.Tensor], torch.Tensor] = "sqrt_size",
+    penalty: str = "group_lasso",
+) -> list[dict]:
+    """Two param groups: the regularised tensors (with their prox spec) and everything else."""
+    regularized = {id(p) for p in structure.params}
+    spec = structure.to_spec(group_weights(structure, reweight))
+    spec["penalty"] = penalty
+    rest = [p for p in model.parameters() if id(p) not in regularized and p.requires_grad]
+    groups = [{"params": list(structure.params), "lam": lam, "prox": spec, "name": "sparse"}]
+    if rest:
+        groups.append({"params": rest, "name": "dense"})
+    return groups

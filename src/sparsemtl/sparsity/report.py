@@ -1,0 +1,85 @@
+"""Sparsity statistics with one definition: a group is zero when all its weights are exactly 0."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .groupings import GroupStructure
+
+
+@dataclass
+class LayerSparsity:
+    layer: str
+    groups: int
+    zero_groups: int
+    weights: int
+    zero_weights: int
+
+    @property
+    def zero_group_pct(self) -> float:
+        return 100.0 * self.zero_groups / self.groups if self.groups else 0.0
+
+    @property
+    def zero_weight_pct(self) -> float:
+        return 100.0 * self.zero_weights / self.weights if self.weights else 0.0
+
+
+@dataclass
+class SparsityReport:
+    """Per-layer and overall counts. ``zero_weights`` counts weights inside zero groups only."""
+
+    grouping: str
+    layers: list[LayerSparsity] = field(default_factory=list)
+
+    @property
+    def groups(self) -> int:
+        return sum(layer.groups for layer in self.layers)
+
+    @property
+    def zero_groups(self) -> int:
+        return sum(layer.zero_groups for layer in self.layers)
+
+    @property
+    def weights(self) -> int:
+        return sum(layer.weights for layer in self.layers)
+
+    @property
+    def zero_weights(self) -> int:
+        return sum(layer.zero_weights for layer in self.layers)
+
+    @property
+    def zero_group_pct(self) -> float:
+        return 100.0 * self.zero_groups / self.groups if self.groups else 0.0
+
+    @property
+    def zero_weight_pct(self) -> float:
+        return 100.0 * self.zero_weights / self.weights if self.weights else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "grouping": self.grouping,
+            "groups": self.groups,
+            "zero_groups": self.zero_groups,
+            "zero_group_pct": self.zero_group_pct,
+            "weights": self.weights,
+            "zero_weights": self.zero_weights,
+            "zero_weight_pct": self.zero_weight_pct,
+        }
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "layers": [asdict(layer) for layer in self.layers]}
+
+
+def sparsity_report(structure: GroupStructure, grouping: str) -> SparsityReport:
+    """Count zero groups and the weights they hold, per reporting layer and overall."""
+    zero = (structure.group_max_abs() == 0).tolist()
+    sizes = structure.group_sizes().tolist()
+    layers: dict[str, LayerSparsity] = {}
+    for g, owner in enumerate(structure.owners):
+        row = layers.setdefault(owner, LayerSparsity(owner, 0, 0, 0, 0))
+        row.groups += 1
+        row.weights += int(sizes[g])
+        if zero[g]:
+            row.zero_groups += 1
+            row.zero_weights += int(sizes[g])
+    return SparsityReport(grouping, list(layers.values()))

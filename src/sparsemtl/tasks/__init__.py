@@ -1,0 +1,39 @@
+"""Task kinds (losses, metrics, head types) and loss-weighting strategies."""
+
+from sparsemtl.tasks.base import Metric, TaskDefinition, match_resolution
+from sparsemtl.tasks.definitions import TASKS, get_task
+from sparsemtl.tasks.losses import attribute_loss, depth_loss, normals_loss, segmentation_loss
+from sparsemtl.tasks.metrics import AttributeMetric, DepthMetric, NormalsMetric, SegmentationMetric
+from sparsemtl.tasks.spec import IGNORE_INDEX, TaskSpec
+from sparsemtl.tasks.weighting import (
+    WEIGHTINGS,
+    EqualWeighting,
+    FixedWeighting,
+    LossWeighting,
+    UncertaintyWeighting,
+    build_weighting,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "WEIGHTINGS",
+    "AttributeMetric",
+    "DepthMetric",
+    "EqualWeighting",
+    "FixedWeighting",
+    "LossWeighting",
+    "Metric",
+    "NormalsMetric",
+    "SegmentationMetric",
+    "TaskDefinition",
+    "TaskSpec",
+    "UncertaintyWeighting",
+    "attribute_loss",
+    "build_weighting",
+    "depth_loss",
+    "get_task",
+    "match_resolution",
+    "normals_loss",
+    "segmentation_loss",
+]

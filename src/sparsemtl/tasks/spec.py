@@ -1,0 +1,32 @@
+"""Description of one prediction target that a dataset provides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Label value of pixels that carry no segmentation target (void / unlabelled).
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a dataset says about one of its targets.
+
+    ``name`` is the key of the target in every sample dict (and of the prediction in the
+    model's output dict); ``kind`` selects the loss, metrics and head from the task registry
+    (``segmentation``, ``depth``, ``normals``, ``attribute``).
+    """
+
+    name: str
+    kind: str
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "segmentation" and self.num_classes < 2:
+            raise ValueError(f"segmentation task {self.name!r} needs num_classes >= 2")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"task {self.name!r}: {len(self.class_names)} class names for "
+                f"{self.num_classes} classes"
+            )
