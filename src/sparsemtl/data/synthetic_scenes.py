@@ -19,8 +19,9 @@ tests):
 
 from __future__ import annotations
 
+import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Protocol
 
 import numpy as np
@@ -45,6 +46,8 @@ CAMERA_CLEARANCE_M = 0.4
 """Horizontal distance the camera keeps from walls and from every object's footprint."""
 CAMERA_YAW_SPREAD_DEG = 70.0
 """The camera looks towards the room centre, give or take this much."""
+MIN_VIEW_DEPTH_M = 2.0
+"""The wall straight ahead of the camera is at least this far away (horizontally)."""
 CAMERA_PITCH_RANGE_DEG = (-30.0, 3.0)
 CAMERA_ROLL_RANGE_DEG = (-4.0, 4.0)
 VERTICAL_FOV_RANGE_DEG = (45.0, 65.0)
@@ -92,12 +95,26 @@ DROPOUT_RADIUS_RANGE = (0.03, 0.1)
 """Radii of dropout ellipses as a fraction of the image size."""
 
 T_MIN = 1e-6
-"""Smallest accepted ray parameter; also the shadow-ray offset along the normal (metres)."""
-NUM_WAVES = 3
+"""Smallest accepted ray parameter."""
+SHADOW_END = 1.0 - 1e-6
+"""Shadow rays end just short of the lit point, so a surface never shadows itself."""
 
 FLOOR_PATTERNS = ("checker", "stripes", "waves")
 WALL_PATTERNS = ("plain", "stripes", "waves")
 OBJECT_PATTERNS = ("plain", "plain", "checker", "stripes", "waves")
+FLOOR_PATTERN_SCALE_M = (0.3, 0.8)
+WALL_PATTERN_SCALE_M = (0.1, 0.5)
+OBJECT_PATTERN_SCALE_M = (0.08, 0.3)
+"""Tile / stripe widths of the procedural textures."""
+SURFACE_BRIGHTNESS = (0.25, 0.9)
+CEILING_BRIGHTNESS = (0.75, 0.95)
+OBJECT_BRIGHTNESS = (0.3, 1.0)
+MAX_SATURATION = 0.6
+ACCENT_DARKENING = (0.4, 0.8)
+"""The second texture colour is the first one scaled by this, plus a small tint."""
+ACCENT_TINT = 0.1
+NUM_WAVES = 3
+WAVELENGTH_RANGE_M = (0.2, 1.0)
 
 
 @dataclass(frozen=True)
@@ -114,31 +131,36 @@ class Material:
     """(NUM_WAVES, 4): wave vector (rad/m) and phase of the smooth ``waves`` pattern."""
 
     def albedo(self, coordinates: np.ndarray) -> np.ndarray:
-        """RGB albedo (N, 3) at texture coordinates (N, 3) in metres."""
-        weight = self._pattern_weight(coordinates + self.offset)
-        return self.base + weight[:, None] * (self.accent - self.base)
+        """RGB albedo (3, N) at texture coordinates (3, N) in metres."""
+        weight = self._pattern_weight(coordinates + self.offset[:, None])
+        return self.base[:, None] + weight * (self.accent - self.base)[:, None]
 
     def _pattern_weight(self, q: np.ndarray) -> np.ndarray:
         if self.pattern == "checker":
-            return np.floor(q / self.scale).sum(axis=1) % 2
+            return np.floor(q / self.scale).sum(axis=0) % 2
         if self.pattern == "stripes":
-            return np.floor(q[:, self.stripe_axis] / self.scale) % 2
+            return np.floor(q[self.stripe_axis] / self.scale) % 2
         if self.pattern == "waves":
-            return 0.5 + 0.5 * np.sin(q @ self.waves[:, :3].T + self.waves[:, 3]).mean(axis=1)
-        return np.zeros(len(q))
+            phases = self.waves[:, :3] @ q + self.waves[:, 3:]
+            return 0.5 + 0.5 * np.sin(phases).mean(axis=0)
+        return np.zeros(q.shape[1])
 
 
 class Primitive(Protocol):
-    """A solid object the rays can hit (box, sphere, cylinder)."""
+    """A solid object the rays can hit (box, sphere, cylinder).
+
+    Points and vectors are column stacks (3, N); ray origins may also be one column (3, 1).
+    """
 
     class_id: int
-    material: Material
+    material: Material | None
+    """Set once the layout is final, so rejected placements cost no material draws."""
 
     def intersect(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        """Ray parameter of the first hit beyond ``T_MIN`` (inf on a miss)."""
+        """Ray parameter (N,) of the first hit beyond ``T_MIN``, inf on a miss."""
 
     def normals(self, points: np.ndarray) -> np.ndarray:
-        """Outward unit normals (N, 3) at surface points (N, 3)."""
+        """Outward unit normals at surface points."""
 
     def texture_coordinates(self, points: np.ndarray) -> np.ndarray:
         """Object-attached coordinates, so textures move with the object."""
@@ -146,29 +168,35 @@ class Primitive(Protocol):
     def footprint_radius(self) -> float:
         """Radius of a vertical cylinder around the object's centre that contains it."""
 
+    def bounding_sphere(self) -> tuple[np.ndarray, float]:
+        """Centre and radius of a sphere containing the object (for ray culling)."""
+
 
 @dataclass(frozen=True)
 class Sphere:
     center: np.ndarray
     radius: float
-    material: Material
+    material: Material | None = None
     class_id: ClassVar[int] = SPHERE
 
     def intersect(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        offset = origins - self.center
-        a = (directions * directions).sum(axis=-1)
-        b = (offset * directions).sum(axis=-1)
-        c = (offset * offset).sum(axis=-1) - self.radius**2
+        offset = origins - self.center[:, None]
+        a = _dot(directions, directions)
+        b = _dot(offset, directions)
+        c = _dot(offset, offset) - self.radius**2
         return _nearest_quadratic_root(a, b, c)
 
     def normals(self, points: np.ndarray) -> np.ndarray:
-        return _unit(points - self.center)
+        return (points - self.center[:, None]) / self.radius
 
     def texture_coordinates(self, points: np.ndarray) -> np.ndarray:
-        return points - self.center
+        return points - self.center[:, None]
 
     def footprint_radius(self) -> float:
         return self.radius
+
+    def bounding_sphere(self) -> tuple[np.ndarray, float]:
+        return self.center, self.radius
 
 
 @dataclass(frozen=True)
@@ -179,48 +207,54 @@ class Cylinder:
     z_min: float
     z_max: float
     radius: float
-    material: Material
+    material: Material | None = None
     class_id: ClassVar[int] = CYLINDER
 
     def intersect(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        origins = np.broadcast_to(origins, directions.shape)
-        offset = origins[:, :2] - self.center_xy
-        flat = directions[:, :2]
-        a = (flat * flat).sum(axis=1)
-        b = (offset * flat).sum(axis=1)
-        c = (offset * offset).sum(axis=1) - self.radius**2
+        offset = origins[:2] - self.center_xy[:, None]
+        flat = directions[:2]
+        a = _dot(flat, flat)
+        b = _dot(offset, flat)
+        c = _dot(offset, offset) - self.radius**2
 
         def within_height(t: np.ndarray) -> np.ndarray:
-            z = origins[:, 2] + t * directions[:, 2]
+            z = origins[2] + t * directions[2]
             return (z >= self.z_min) & (z <= self.z_max)
 
         t_side = _nearest_quadratic_root(a, b, c, within_height)
-        t_caps = [self._cap_hit(origins, directions, z) for z in (self.z_min, self.z_max)]
-        return np.minimum(t_side, np.minimum(*t_caps))
+        t_bottom = self._cap_hit(offset, directions, origins[2], self.z_min)
+        t_top = self._cap_hit(offset, directions, origins[2], self.z_max)
+        return np.minimum(t_side, np.minimum(t_bottom, t_top))
 
-    def _cap_hit(self, origins: np.ndarray, directions: np.ndarray, z: float) -> np.ndarray:
+    def _cap_hit(
+        self, offset: np.ndarray, directions: np.ndarray, origin_z: np.ndarray, z: float
+    ) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = (z - origins[:, 2]) / directions[:, 2]
-        radial = origins[:, :2] + t[:, None] * directions[:, :2] - self.center_xy
-        inside = (radial * radial).sum(axis=1) <= self.radius**2
+            t = (z - origin_z) / directions[2]
+        radial = offset + t * directions[:2]
+        inside = _dot(radial, radial) <= self.radius**2
         return np.where(inside & (t > T_MIN), t, np.inf)
 
     def normals(self, points: np.ndarray) -> np.ndarray:
-        radial = points[:, :2] - self.center_xy
-        side_error = np.abs(np.linalg.norm(radial, axis=1) - self.radius)
-        top_error = np.abs(points[:, 2] - self.z_max)
-        bottom_error = np.abs(points[:, 2] - self.z_min)
-        side = np.concatenate([radial / self.radius, np.zeros((len(points), 1))], axis=1)
-        cap = np.zeros_like(points)
-        cap[:, 2] = np.where(top_error <= bottom_error, 1.0, -1.0)
+        radial = points[:2] - self.center_xy[:, None]
+        side_error = np.abs(np.sqrt(_dot(radial, radial)) - self.radius)
+        top_error = np.abs(points[2] - self.z_max)
+        bottom_error = np.abs(points[2] - self.z_min)
         on_side = side_error < np.minimum(top_error, bottom_error)
-        return _unit(np.where(on_side[:, None], side, cap))
+        cap_z = np.where(top_error <= bottom_error, 1.0, -1.0)
+        side = radial / self.radius
+        return np.stack([side[0] * on_side, side[1] * on_side, np.where(on_side, 0.0, cap_z)])
 
     def texture_coordinates(self, points: np.ndarray) -> np.ndarray:
-        return points - np.array([*self.center_xy, self.z_min])
+        return points - np.array([*self.center_xy, self.z_min])[:, None]
 
     def footprint_radius(self) -> float:
         return self.radius
+
+    def bounding_sphere(self) -> tuple[np.ndarray, float]:
+        half_height = (self.z_max - self.z_min) / 2
+        centre = np.array([*self.center_xy, self.z_min + half_height])
+        return centre, math.hypot(self.radius, half_height)
 
 
 @dataclass(frozen=True)
@@ -230,38 +264,44 @@ class Box:
     center: np.ndarray
     half_extents: np.ndarray
     yaw: float
-    material: Material
+    material: Material | None = None
     class_id: ClassVar[int] = BOX
 
     @property
     def rotation(self) -> np.ndarray:
-        """Box-to-world rotation (rows of ``points @ rotation`` are box coordinates)."""
+        """Box-to-world rotation."""
         return _rotation_z(self.yaw)
 
     def intersect(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        local_origins = (origins - self.center) @ self.rotation
-        local_directions = directions @ self.rotation
+        to_local = self.rotation.T
+        local_origins = to_local @ (origins - self.center[:, None])
+        local_directions = to_local @ directions
+        half = self.half_extents[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            t_low = (-self.half_extents - local_origins) / local_directions
-            t_high = (self.half_extents - local_origins) / local_directions
-        t_near = np.minimum(t_low, t_high).max(axis=-1)
-        t_far = np.maximum(t_low, t_high).min(axis=-1)
+            inverse = 1.0 / local_directions
+            t_low = (-half - local_origins) * inverse
+            t_high = (half - local_origins) * inverse
+        t_near = np.minimum(t_low, t_high).max(axis=0)
+        t_far = np.maximum(t_low, t_high).min(axis=0)
         t = np.where(t_near > T_MIN, t_near, t_far)
         return np.where((t_near <= t_far) & (t > T_MIN), t, np.inf)
 
     def normals(self, points: np.ndarray) -> np.ndarray:
         local = self.texture_coordinates(points)
-        face = np.abs(np.abs(local) - self.half_extents).argmin(axis=1)
-        rows = np.arange(len(points))
+        face = np.abs(np.abs(local) - self.half_extents[:, None]).argmin(axis=0)
+        columns = np.arange(points.shape[1])
         local_normals = np.zeros_like(points)
-        local_normals[rows, face] = np.sign(local[rows, face])
-        return local_normals @ self.rotation.T
+        local_normals[face, columns] = np.sign(local[face, columns])
+        return self.rotation @ local_normals
 
     def texture_coordinates(self, points: np.ndarray) -> np.ndarray:
-        return (points - self.center) @ self.rotation
+        return self.rotation.T @ (points - self.center[:, None])
 
     def footprint_radius(self) -> float:
-        return float(np.hypot(*self.half_extents[:2]))
+        return math.hypot(*self.half_extents[:2])
+
+    def bounding_sphere(self) -> tuple[np.ndarray, float]:
+        return self.center, math.hypot(*self.half_extents)
 
 
 @dataclass(frozen=True)
@@ -311,7 +351,7 @@ class SceneParameters:
 
 @dataclass(frozen=True)
 class _Hits:
-    """Nearest surface along each pixel ray (world frame)."""
+    """Nearest surface along each pixel ray (world frame, vectors as (3, N) columns)."""
 
     depth: np.ndarray
     points: np.ndarray
@@ -336,8 +376,10 @@ class SyntheticScenes(Dataset):
         **{name: TaskSpec(name, "attribute") for name in ATTRIBUTE_CLASSES},
     }
 
-    def __init__(self, num_samples: int, image_size: tuple[int, int] = (64, 64), seed: int = 0) -> None:
-        _validate_arguments(num_samples, image_size, seed)
+    def __init__(
+        self, num_samples: int, image_size: tuple[int, int] = (64, 64), seed: int = 0
+    ) -> None:
+        validate_dataset_arguments(num_samples, image_size, seed)
         self.num_samples = num_samples
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.seed = seed
@@ -347,7 +389,7 @@ class SyntheticScenes(Dataset):
 
     def scene_parameters(self, index: int) -> SceneParameters:
         """The random scene behind sample ``index`` (independent of ``image_size``)."""
-        index = _checked_index(index, self.num_samples)
+        index = checked_index(index, self.num_samples)
         return sample_scene_parameters(np.random.default_rng([RNG_SALT, self.seed, index]))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -355,16 +397,20 @@ class SyntheticScenes(Dataset):
         return {name: torch.from_numpy(value) for name, value in arrays.items()}
 
 
-def _validate_arguments(num_samples: int, image_size: tuple[int, int], seed: int) -> None:
+def validate_dataset_arguments(num_samples: int, image_size: tuple[int, int], seed: int) -> None:
+    """Constructor checks shared by both synthetic datasets; one-line errors naming the argument."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if len(image_size) != 2 or min(image_size) < MIN_IMAGE_SIDE:
-        raise ValueError(f"image_size must be (height, width) >= {MIN_IMAGE_SIDE}, got {image_size}")
+        raise ValueError(
+            f"image_size must be (height, width), both >= {MIN_IMAGE_SIDE}, got {image_size}"
+        )
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
 
 
-def _checked_index(index: int, length: int) -> int:
+def checked_index(index: int, length: int) -> int:
+    """``index`` as an int, or IndexError when outside ``[0, length)`` (no negative indexing)."""
     index = operator.index(index)
     if not 0 <= index < length:
         raise IndexError(f"index {index} out of range for dataset of length {length}")
@@ -384,9 +430,9 @@ def sample_scene_parameters(rng: np.random.Generator) -> SceneParameters:
         camera=camera,
         lights=_sample_lights(rng, room),
         objects=objects,
-        floor=_sample_material(rng, FLOOR_PATTERNS, scale_range=(0.3, 0.8)),
-        ceiling=_sample_material(rng, ("plain",), scale_range=(1.0, 1.0), brightness=(0.75, 0.95)),
-        walls=_sample_material(rng, WALL_PATTERNS, scale_range=(0.1, 0.5)),
+        floor=_sample_material(rng, FLOOR_PATTERNS, FLOOR_PATTERN_SCALE_M, SURFACE_BRIGHTNESS),
+        ceiling=_sample_material(rng, ("plain",), FLOOR_PATTERN_SCALE_M, CEILING_BRIGHTNESS),
+        walls=_sample_material(rng, WALL_PATTERNS, WALL_PATTERN_SCALE_M, SURFACE_BRIGHTNESS),
         ambient=rng.uniform(*AMBIENT_RANGE),
         exposure=rng.uniform(*EXPOSURE_RANGE),
         noise_std=rng.uniform(*NOISE_STD_RANGE),
@@ -397,16 +443,18 @@ def sample_scene_parameters(rng: np.random.Generator) -> SceneParameters:
 
 
 def _sample_camera(rng: np.random.Generator, room: np.ndarray) -> CameraParameters:
-    margin = CAMERA_CLEARANCE_M
-    position = np.array(
-        [
-            rng.uniform(margin, room[0] - margin),
-            rng.uniform(margin, room[1] - margin),
-            rng.uniform(*CAMERA_HEIGHT_RANGE_M),
-        ]
-    )
-    to_centre = room[:2] / 2 - position[:2]
-    yaw = np.arctan2(to_centre[1], to_centre[0]) + np.deg2rad(rng.uniform(-1, 1) * CAMERA_YAW_SPREAD_DEG)
+    """A camera looking roughly towards the room centre, with open space in front of it.
+
+    The retry loop ends: near a wall and facing the centre, the opposite wall is at least
+    ``ROOM_SIDE_RANGE_M[0] - CAMERA_CLEARANCE_M`` > ``MIN_VIEW_DEPTH_M`` away.
+    """
+    while True:
+        position = _sample_camera_position(rng, room)
+        to_centre = room[:2] / 2 - position[:2]
+        spread = np.deg2rad(rng.uniform(-1, 1) * CAMERA_YAW_SPREAD_DEG)
+        yaw = np.arctan2(to_centre[1], to_centre[0]) + spread
+        if _distance_to_wall(room, position, yaw) >= MIN_VIEW_DEPTH_M:
+            break
     pitch = np.deg2rad(rng.uniform(*CAMERA_PITCH_RANGE_DEG))
     roll = np.deg2rad(rng.uniform(*CAMERA_ROLL_RANGE_DEG))
     return CameraParameters(
@@ -415,6 +463,25 @@ def _sample_camera(rng: np.random.Generator, room: np.ndarray) -> CameraParamete
         vertical_fov=np.deg2rad(rng.uniform(*VERTICAL_FOV_RANGE_DEG)),
         principal_offset=rng.uniform(-PRINCIPAL_POINT_JITTER, PRINCIPAL_POINT_JITTER, size=2),
     )
+
+
+def _sample_camera_position(rng: np.random.Generator, room: np.ndarray) -> np.ndarray:
+    margin = CAMERA_CLEARANCE_M
+    return np.array(
+        [
+            rng.uniform(margin, room[0] - margin),
+            rng.uniform(margin, room[1] - margin),
+            rng.uniform(*CAMERA_HEIGHT_RANGE_M),
+        ]
+    )
+
+
+def _distance_to_wall(room: np.ndarray, position: np.ndarray, yaw: float) -> float:
+    """Horizontal distance from ``position`` to the wall straight ahead at heading ``yaw``."""
+    heading = np.array([np.cos(yaw), np.sin(yaw)])
+    with np.errstate(divide="ignore"):
+        distances = (np.where(heading > 0, room[:2], 0.0) - position[:2]) / heading
+    return float(np.min(np.where(np.isfinite(distances), distances, np.inf)))
 
 
 def _camera_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -442,12 +509,14 @@ def _sample_material(
     rng: np.random.Generator,
     patterns: tuple[str, ...],
     scale_range: tuple[float, float],
-    brightness: tuple[float, float] = (0.25, 0.9),
+    brightness: tuple[float, float],
 ) -> Material:
     base = _random_colour(rng, brightness)
-    accent = np.clip(base * rng.uniform(0.4, 0.8) + rng.uniform(-0.1, 0.1, size=3), 0.02, 1.0)
+    tint = rng.uniform(-ACCENT_TINT, ACCENT_TINT, size=3)
+    accent = np.clip(base * rng.uniform(*ACCENT_DARKENING) + tint, 0.02, 1.0)
     directions = _unit(rng.normal(size=(NUM_WAVES, 3)))
-    frequencies = 2 * np.pi / rng.uniform(0.2, 1.0, size=(NUM_WAVES, 1))
+    frequencies = 2 * np.pi / rng.uniform(*WAVELENGTH_RANGE_M, size=(NUM_WAVES, 1))
+    phases = rng.uniform(0, 2 * np.pi, (NUM_WAVES, 1))
     return Material(
         base=base,
         accent=accent,
@@ -455,14 +524,14 @@ def _sample_material(
         scale=rng.uniform(*scale_range),
         offset=rng.uniform(0.0, 1.0, size=3),
         stripe_axis=int(rng.integers(3)),
-        waves=np.concatenate([directions * frequencies, rng.uniform(0, 2 * np.pi, (NUM_WAVES, 1))], axis=1),
+        waves=np.concatenate([directions * frequencies, phases], axis=1),
     )
 
 
 def _random_colour(rng: np.random.Generator, brightness: tuple[float, float]) -> np.ndarray:
     """A moderately saturated colour with the given value range."""
     value = rng.uniform(*brightness)
-    saturation = rng.uniform(0.0, 0.6)
+    saturation = rng.uniform(0.0, MAX_SATURATION)
     hue_weights = rng.dirichlet(np.ones(3))
     return value * (1 - saturation + saturation * hue_weights / hue_weights.max())
 
@@ -487,14 +556,14 @@ class _Layout:
 
     def is_free(self, obj: Primitive) -> bool:
         """Whether a footprint fits in the room, away from the camera and other objects."""
-        xy, radius = _footprint_centre(obj), obj.footprint_radius()
+        (x, y), radius = _footprint_centre(obj), obj.footprint_radius()
         low = radius + WALL_CLEARANCE_M
-        if np.any(xy < low) or np.any(xy > self.room[:2] - low):
+        if not (low <= x <= self.room[0] - low and low <= y <= self.room[1] - low):
             return False
-        if np.linalg.norm(xy - self.camera.position[:2]) < radius + CAMERA_CLEARANCE_M:
+        if math.dist((x, y), self.camera.position[:2]) < radius + CAMERA_CLEARANCE_M:
             return False
         return all(
-            np.linalg.norm(xy - _footprint_centre(other)) >= radius + other.footprint_radius()
+            math.dist((x, y), _footprint_centre(other)) >= radius + other.footprint_radius()
             for other in self.objects
         )
 
@@ -509,7 +578,9 @@ def _footprint_centre(obj: Primitive) -> np.ndarray:
     return obj.center_xy if isinstance(obj, Cylinder) else obj.center[:2]
 
 
-def _sample_objects(rng: np.random.Generator, room: np.ndarray, camera: CameraParameters) -> tuple[Primitive, ...]:
+def _sample_objects(
+    rng: np.random.Generator, room: np.ndarray, camera: CameraParameters
+) -> tuple[Primitive, ...]:
     """One object of each wanted kind goes in view first, then boxes, then extra objects.
 
     Spheres and cylinders are each present with probability ``ATTRIBUTE_PROBABILITY``, so
@@ -525,7 +596,7 @@ def _sample_objects(rng: np.random.Generator, room: np.ndarray, camera: CameraPa
     for cls in wanted:
         for _ in range(int(rng.integers(0, EXTRA_ROUND_OBJECTS_MAX + 1))):
             _place_anywhere(rng, layout, cls)
-    return tuple(layout.objects)
+    return tuple(replace(obj, material=_object_material(rng)) for obj in layout.objects)
 
 
 def _place_in_view(rng: np.random.Generator, layout: _Layout, cls: type) -> bool:
@@ -562,33 +633,36 @@ def _stack_on_box(rng: np.random.Generator, layout: _Layout, cls: type) -> bool:
     box = boxes[int(rng.integers(len(boxes)))]
     obj = _new_object(rng, cls, box.center[:2], base_z=2 * box.half_extents[2])
     top = obj.center[2] + obj.radius if isinstance(obj, Sphere) else obj.z_max
-    if obj.footprint_radius() > box.half_extents[:2].min() or top > layout.room[2] - CEILING_CLEARANCE_M:
+    too_wide = obj.footprint_radius() > box.half_extents[:2].min()
+    if too_wide or top > layout.room[2] - CEILING_CLEARANCE_M:
         return False
     layout.objects.append(obj)
     return True
 
 
-def _new_object(rng: np.random.Generator, cls: type, xy: np.ndarray, base_z: float | None = None) -> Primitive:
+def _new_object(
+    rng: np.random.Generator, cls: type, xy: np.ndarray, base_z: float | None = None
+) -> Primitive:
     """A random object of class ``cls`` centred above ``xy``, its lowest point at ``base_z``.
 
     Without ``base_z`` the object stands on the floor (spheres sometimes float).
     """
-    material = _object_material(rng)
     if cls is Box:
-        half = np.array([*rng.uniform(*BOX_HALF_SIDE_RANGE_M, size=2), rng.uniform(*BOX_HALF_HEIGHT_RANGE_M)])
-        return Box(np.array([*xy, half[2]]), half, rng.uniform(0, np.pi / 2), material)
+        half_side = rng.uniform(*BOX_HALF_SIDE_RANGE_M, size=2)
+        half = np.array([*half_side, rng.uniform(*BOX_HALF_HEIGHT_RANGE_M)])
+        return Box(np.array([*xy, half[2]]), half, rng.uniform(0, np.pi / 2))
     if base_z is None:
         floating = cls is Sphere and rng.random() < FLOAT_PROBABILITY
         base_z = rng.uniform(*FLOATING_HEIGHT_RANGE_M) if floating else 0.0
     if cls is Sphere:
         radius = rng.uniform(*SPHERE_RADIUS_RANGE_M)
-        return Sphere(np.array([*xy, base_z + radius]), radius, material)
+        return Sphere(np.array([*xy, base_z + radius]), radius)
     radius, height = rng.uniform(*CYLINDER_RADIUS_RANGE_M), rng.uniform(*CYLINDER_HEIGHT_RANGE_M)
-    return Cylinder(np.asarray(xy, float), base_z, base_z + height, radius, material)
+    return Cylinder(np.asarray(xy, float), base_z, base_z + height, radius)
 
 
 def _object_material(rng: np.random.Generator) -> Material:
-    return _sample_material(rng, OBJECT_PATTERNS, scale_range=(0.08, 0.3), brightness=(0.3, 1.0))
+    return _sample_material(rng, OBJECT_PATTERNS, OBJECT_PATTERN_SCALE_M, OBJECT_BRIGHTNESS)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -599,17 +673,17 @@ def render_scene(params: SceneParameters, image_size: tuple[int, int]) -> dict[s
     height, width = image_size
     intrinsics = params.camera.intrinsics(image_size)
     camera_rays = _pixel_rays(intrinsics, height, width)
-    hits = _cast_primary_rays(params, camera_rays @ params.camera.rotation.T)
-    image = _shade(params, hits, height, width)
-    valid = _valid_depth_mask(params, hits.depth, height, width)
+    hits = _cast_primary_rays(params, params.camera.rotation @ camera_rays)
+    image = _shade(params, hits, image_size)
+    valid = _valid_depth_mask(params, hits.depth, image_size)
     depth = np.where(valid, hits.depth, 0.0)
-    normals = np.where(valid[:, None], hits.normals @ params.camera.rotation, 0.0)
+    normals = np.where(valid, params.camera.rotation.T @ hits.normals, 0.0)
     labels = hits.labels.reshape(height, width)
     sample = {
-        "image": image.astype(np.float32),
+        "image": image.reshape(3, height, width).astype(np.float32),
         "segmentation": labels.astype(np.int64),
         "depth": depth.reshape(1, height, width).astype(np.float32),
-        "normals": normals.T.reshape(3, height, width).astype(np.float32),
+        "normals": normals.reshape(3, height, width).astype(np.float32),
         "intrinsics": intrinsics.astype(np.float32),
     }
     for name, class_id in ATTRIBUTE_CLASSES.items():
@@ -617,92 +691,126 @@ def render_scene(params: SceneParameters, image_size: tuple[int, int]) -> dict[s
     return sample
 
 
+def _pixel_grid(image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates ``(u + 0.5, v + 0.5)``, row-major and flattened."""
+    height, width = image_size
+    return np.tile(np.arange(width) + 0.5, height), np.repeat(np.arange(height) + 0.5, width)
+
+
 def _pixel_rays(intrinsics: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Camera-frame rays ``K^-1 [u + 0.5, v + 0.5, 1]`` (z = 1), row-major (H * W, 3)."""
-    v, u = np.mgrid[0:height, 0:width]
-    x = (u.ravel() + 0.5 - intrinsics[0, 2]) / intrinsics[0, 0]
-    y = (v.ravel() + 0.5 - intrinsics[1, 2]) / intrinsics[1, 1]
-    return np.stack([x, y, np.ones_like(x)], axis=1)
+    """Camera-frame rays ``K^-1 [u + 0.5, v + 0.5, 1]`` (z = 1) as columns (3, H * W)."""
+    u, v = _pixel_grid((height, width))
+    x = (u - intrinsics[0, 2]) / intrinsics[0, 0]
+    y = (v - intrinsics[1, 2]) / intrinsics[1, 1]
+    return np.stack([x, y, np.ones_like(x)])
 
 
 def _cast_primary_rays(params: SceneParameters, directions: np.ndarray) -> _Hits:
-    """Nearest hit per ray; with unit camera-z rays the ray parameter is the z-depth."""
-    origin = params.camera.position
-    depth, labels, normals = _room_hits(params.room_size, origin, directions)
-    owner = np.full(len(directions), -1)
+    """Nearest hit per ray; as camera rays have unit z, the ray parameter is the z-depth."""
+    origin = params.camera.position[:, None]
+    depth, labels, normals = _room_hits(params.room_size, params.camera.position, directions)
+    owner = np.full(directions.shape[1], -1)
+    lengths = np.sqrt(_dot(directions, directions))
     for k, obj in enumerate(params.objects):
-        t = obj.intersect(origin, directions)
+        t = _culled_intersect(obj, params.camera.position, directions, lengths)
         closer = t < depth
         depth = np.where(closer, t, depth)
         owner[closer] = k
-    points = origin + depth[:, None] * directions
+    points = origin + depth * directions
     albedo = _room_albedo(params, points, labels)
     for k, obj in enumerate(params.objects):
         mask = owner == k
         if mask.any():
-            normals[mask] = obj.normals(points[mask])
+            normals[:, mask] = obj.normals(points[:, mask])
             labels[mask] = obj.class_id
-            albedo[mask] = obj.material.albedo(obj.texture_coordinates(points[mask]))
-    facing_away = (normals * directions).sum(axis=1) > 0
-    normals[facing_away] *= -1
+            albedo[:, mask] = obj.material.albedo(obj.texture_coordinates(points[:, mask]))
     return _Hits(depth=depth, points=points, normals=normals, labels=labels, albedo=albedo)
 
 
-def _room_hits(room: np.ndarray, origin: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where rays from inside the room leave it: depth, class and inward normal."""
+def _room_hits(
+    room: np.ndarray, origin: np.ndarray, directions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where rays from ``origin`` inside the room leave it: depth, class and inward normal."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        t_axes = (np.where(directions > 0, room, 0.0) - origin) / directions
+        t_axes = (np.where(directions > 0, room[:, None], 0.0) - origin[:, None]) / directions
     t_axes = np.where(t_axes > 0, t_axes, np.inf)
-    axis = t_axes.argmin(axis=1)
-    rows = np.arange(len(directions))
-    outward = np.sign(directions[rows, axis])
+    axis = t_axes.argmin(axis=0)
+    columns = np.arange(directions.shape[1])
+    outward = np.sign(directions[axis, columns])
     normals = np.zeros_like(directions)
-    normals[rows, axis] = -outward
+    normals[axis, columns] = -outward
     labels = np.where(axis < 2, WALL, np.where(outward < 0, FLOOR, CEILING))
-    return t_axes[rows, axis], labels, normals
+    return t_axes[axis, columns], labels, normals
 
 
 def _room_albedo(params: SceneParameters, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
     albedo = np.empty_like(points)
-    for class_id, material in ((FLOOR, params.floor), (CEILING, params.ceiling), (WALL, params.walls)):
+    surfaces = ((FLOOR, params.floor), (CEILING, params.ceiling), (WALL, params.walls))
+    for class_id, material in surfaces:
         mask = labels == class_id
-        albedo[mask] = material.albedo(points[mask])
+        albedo[:, mask] = material.albedo(points[:, mask])
     return albedo
 
 
-def _shade(params: SceneParameters, hits: _Hits, height: int, width: int) -> np.ndarray:
+def _shade(params: SceneParameters, hits: _Hits, image_size: tuple[int, int]) -> np.ndarray:
     """Lambertian shading with hemispheric ambient, shadows, gamma and sensor noise."""
-    sky = 1.0 - SKY_AMBIENT_SHARE * (1.0 - hits.normals[:, 2]) / 2
+    sky = 1.0 - SKY_AMBIENT_SHARE * (1.0 - hits.normals[2]) / 2
     irradiance = params.ambient * sky
     for light in params.lights:
         irradiance = irradiance + _direct_light(params, hits, light)
-    radiance = hits.albedo * irradiance[:, None] * params.exposure
+    radiance = hits.albedo * (irradiance * params.exposure)
     image = np.clip(radiance, 0.0, 1.0) ** (1 / DISPLAY_GAMMA)
-    noise_rng = np.random.default_rng([params.noise_seed, height, width])
-    image = image + noise_rng.normal(0.0, params.noise_std, size=image.shape)
-    return np.clip(image, 0.0, 1.0).T.reshape(3, height, width)
+    noise_rng = np.random.default_rng([params.noise_seed, *image_size])
+    image += noise_rng.normal(0.0, params.noise_std, size=image.shape)
+    return np.clip(image, 0.0, 1.0)
 
 
 def _direct_light(params: SceneParameters, hits: _Hits, light: Light) -> np.ndarray:
-    """Irradiance from one point light with soft inverse-square falloff and hard shadows."""
-    to_light = light.position - hits.points
-    distance_sq = (to_light * to_light).sum(axis=1)
-    cosine = (hits.normals * to_light).sum(axis=1) / np.sqrt(distance_sq)
+    """Irradiance from one point light with soft inverse-square falloff and hard shadows.
+
+    Shadow rays run from the light to each surface point (one shared origin, so they can
+    be culled per object); anything hit before ``SHADOW_END`` of the way blocks the light.
+    """
+    from_light = hits.points - light.position[:, None]
+    distance_sq = _dot(from_light, from_light)
+    distance = np.sqrt(distance_sq)
+    cosine = -_dot(hits.normals, from_light) / distance
     lit = np.flatnonzero(cosine > 0)
-    origins = hits.points[lit] + T_MIN * hits.normals[lit]
     blocked = np.zeros(len(lit), bool)
     for obj in params.objects:
-        blocked |= obj.intersect(origins, to_light[lit]) < 1.0
-    irradiance = np.zeros(len(hits.points))
-    irradiance[lit] = np.where(blocked, 0.0, light.intensity * cosine[lit] / (1.0 + distance_sq[lit]))
+        t = _culled_intersect(obj, light.position, from_light[:, lit], distance[lit])
+        blocked |= t < SHADOW_END
+    irradiance = np.zeros(len(cosine))
+    unshadowed = light.intensity * cosine[lit] / (1.0 + distance_sq[lit])
+    irradiance[lit] = np.where(blocked, 0.0, unshadowed)
     return irradiance
 
 
-def _valid_depth_mask(params: SceneParameters, depth: np.ndarray, height: int, width: int) -> np.ndarray:
+def _culled_intersect(
+    obj: Primitive, origin: np.ndarray, directions: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """``obj.intersect`` for rays from one ``origin``, run only on rays that enter the cone
+    from ``origin`` around the object's bounding sphere; ``lengths`` are the direction norms."""
+    centre, radius = obj.bounding_sphere()
+    to_centre = centre - origin
+    distance = math.hypot(*to_centre)
+    if distance <= radius:
+        return obj.intersect(origin[:, None], directions)
+    cos_limit = math.sqrt(1.0 - (radius / distance) ** 2)
+    candidates = np.flatnonzero(to_centre @ directions >= cos_limit * distance * lengths)
+    t = np.full(directions.shape[1], np.inf)
+    if candidates.size:
+        t[candidates] = obj.intersect(origin[:, None], directions[:, candidates])
+    return t
+
+
+def _valid_depth_mask(
+    params: SceneParameters, depth: np.ndarray, image_size: tuple[int, int]
+) -> np.ndarray:
     """Simulated sensor: no return beyond ``max_range`` or inside dropout blobs."""
     valid = depth <= params.max_range
-    v, u = np.mgrid[0:height, 0:width]
-    x, y = ((u.ravel() + 0.5) / width), ((v.ravel() + 0.5) / height)
+    u, v = _pixel_grid(image_size)
+    x, y = u / image_size[1], v / image_size[0]
     for cx, cy, rx, ry in params.dropout_blobs:
         valid &= ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 > 1.0
     return valid
@@ -731,7 +839,13 @@ def _nearest_quadratic_root(
     return np.where(near_ok, near, np.where(far_ok, far, np.inf))
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Column-wise dot product of (k, N) stacks."""
+    return (a * b).sum(axis=0)
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
     return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 

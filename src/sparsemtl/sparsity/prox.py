@@ -43,6 +43,8 @@ def group_lasso_prox_(
     of groups set to exactly zero.
     """
     sl = slices
+    if precond is not None and sl.separable:
+        return _weighted_prox_per_tensor_(sl, tau, precond, rtol, max_iter)
     if precond is None:
         norms = sl.group_sum([t.square() for t in sl.tensors]).sqrt()
         zero = norms <= tau
@@ -78,6 +80,65 @@ def group_lasso_prox_(
     return zero
 
 
+def _as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Contiguous (slices along ``dim``, everything else) matrix: a view of ``t`` when its
+    memory layout allows, a copy otherwise."""
+    return t.movedim(dim, 0).reshape(t.shape[dim], -1).contiguous()
+
+
+def _weighted_prox_per_tensor_(
+    sl: GroupSlices, tau: torch.Tensor, precond: list[torch.Tensor], rtol: float | None, max_iter: int
+) -> torch.Tensor:
+    """Fast path when every group lies in one tensor: contiguous row matrices, and the root
+    solve runs only over the groups that are not set to zero."""
+    zero = torch.zeros(sl.num_groups, dtype=torch.bool, device=tau.device)
+    for t, dim, ids, d in zip(sl.tensors, sl.dims, sl.ids, precond):
+        rows = _as_rows(t, dim)
+        zero[ids] = _weighted_rows_prox_(rows, _as_rows(d, dim), tau[ids], rtol, max_iter)
+        if rows.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
+            t.copy_(rows.view(t.movedim(dim, 0).shape).movedim(0, dim))
+    return zero
+
+
+def _weighted_rows_prox_(
+    x: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, rtol: float | None, max_iter: int
+) -> torch.Tensor:
+    """Weighted prox of each row of the (G, n) matrix ``x`` in place; ``d`` is overwritten."""
+    norms = (d * x).square_().sum(1).sqrt_()
+    zero = norms <= tau
+    active = (~zero).nonzero().squeeze(1)
+    if active.numel() == 0:
+        x.zero_()
+        return zero
+    full = active.numel() == x.shape[0]
+    xa = x if full else x.index_select(0, active)
+    c = d if full else d.index_select(0, active)
+    ta = tau if full else tau.index_select(0, active)
+    excess = (norms if full else norms.index_select(0, active)) - ta
+    theta = excess / c.amax(1)
+    upper = excess / c.amin(1)
+    c.reciprocal_().mul_(ta.unsqueeze(1))  # c_i = tau / d_i
+    q = xa.square()
+    tol = _default_rtol(theta.dtype) if rtol is None else rtol
+    tiny = torch.finfo(theta.dtype).tiny
+    for _ in range(max_iter):
+        u = (c + theta.unsqueeze(1)).reciprocal_()
+        w = u.square().mul_(q)
+        s = w.sum(1)
+        t = w.mul_(u).sum(1)
+        new_theta = torch.minimum(theta + ((s * s.sqrt() - s) / t.clamp_min(tiny)).clamp_min(0.0), upper)
+        converged = bool(((new_theta - theta) <= tol * new_theta).all())
+        theta = new_theta
+        if converged:
+            break
+    th = theta.unsqueeze(1)
+    xa.mul_(c.add_(th).reciprocal_().mul_(th))  # x * theta / (theta + c)
+    if not full:
+        x.zero_()
+        x.index_copy_(0, active, xa)
+    return zero
+
+
 def _rows_as_slices(x: torch.Tensor) -> GroupSlices:
     return GroupSlices([x], [0], [torch.arange(x.shape[0], device=x.device)], x.shape[0])
 
@@ -96,5 +157,5 @@ def weighted_group_lasso_prox(
     """Weighted prox of each row of ``x`` with per-entry metric ``d`` (a new tensor)."""
     z = x.clone()
     tau_t = torch.as_tensor(tau, dtype=x.dtype, device=x.device).expand(x.shape[0]).contiguous()
-    group_lasso_prox_(_rows_as_slices(z), tau_t, [d], rtol=rtol)
+    group_lasso_prox_(_rows_as_slices(z), tau_t, [d.clone()], rtol=rtol)
     return z

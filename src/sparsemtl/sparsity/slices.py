@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,13 @@ class GroupSlices:
     dims: list[int]
     ids: list[torch.Tensor]
     num_groups: int
+
+    separable: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # True when every group lies inside a single tensor (e.g. per-layer channel groups).
+        all_ids = torch.cat([i.cpu() for i in self.ids])
+        self.separable = all_ids.unique().numel() == all_ids.numel()
 
     def _reduce_dims(self, k: int) -> list[int]:
         return [d for d in range(self.tensors[k].dim()) if d != self.dims[k]]

@@ -34,6 +34,9 @@ ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 ANGLE_BIN_WIDTH = 0.01
 ANGLE_BINS = 18000
 
+#: Leading entries of ``NormalsMetric.totals``: count, sum of angles, one count per threshold.
+_NORMALS_HEADER = 2 + len(ANGLE_THRESHOLDS)
+
 
 def _within_name(limit: float) -> str:
     """Metric key for a threshold, e.g. 11.25 -> ``within_11_25``."""
@@ -139,8 +142,7 @@ class NormalsMetric(Metric):
     }
 
     def __init__(self) -> None:
-        # count, sum of angles, one count per threshold, then the histogram.
-        super().__init__(2 + len(ANGLE_THRESHOLDS) + ANGLE_BINS)
+        super().__init__(_NORMALS_HEADER + ANGLE_BINS)
 
     def batch_totals(self, pred: Tensor, target: Tensor) -> Tensor:
         normal, truth = valid_normals(pred.double(), target)
@@ -151,7 +153,7 @@ class NormalsMetric(Metric):
         return torch.cat([torch.stack([_count(angle), angle.sum(), *within]), histogram])
 
     def compute(self) -> dict[str, float]:
-        count, angle_sum, *within = self.totals[: 2 + len(ANGLE_THRESHOLDS)].tolist()
+        count, angle_sum, *within = self.totals[:_NORMALS_HEADER].tolist()
         return {
             "mean_angle": ratio(angle_sum, count),
             "median_angle": self._median(count),
@@ -165,7 +167,7 @@ class NormalsMetric(Metric):
         """Average of the middle order statistics estimated from the histogram."""
         if count == 0:
             return math.nan
-        histogram = self.totals[2 + len(ANGLE_THRESHOLDS) :]
+        histogram = self.totals[_NORMALS_HEADER:]
         cumulative = histogram.cumsum(dim=0)
         n = int(count)
         ranks = ((n + 1) // 2, n // 2 + 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,12 @@ from torch import Tensor, nn
 from sparsemtl.registry import Registry
 
 WEIGHTINGS: Registry[type[LossWeighting]] = Registry("loss weighting")
+
+
+def _mismatch(expected: Sequence[str], given: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Names in ``expected`` missing from ``given``, and names in ``given`` not expected."""
+    present = set(given)
+    return [name for name in expected if name not in present], sorted(present - set(expected))
 
 
 class LossWeighting(nn.Module, ABC):
@@ -42,6 +48,7 @@ class LossWeighting(nn.Module, ABC):
         return torch.zeros(())
 
     def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Weighted total loss and each task's current weight (plain floats, for logging)."""
         stacked = self._stack(losses)
         weights = self.task_weights().to(device=stacked.device, dtype=stacked.dtype)
         total = (weights * stacked).sum() + self.penalty().to(stacked.device, stacked.dtype)
@@ -49,8 +56,7 @@ class LossWeighting(nn.Module, ABC):
 
     def _stack(self, losses: Mapping[str, Tensor]) -> Tensor:
         """Scalar losses in ``task_names`` order; a different task set is a ValueError."""
-        missing = [name for name in self.task_names if name not in losses]
-        unknown = sorted(set(losses) - set(self.task_names))
+        missing, unknown = _mismatch(self.task_names, losses)
         if missing or unknown:
             raise ValueError(
                 f"loss weighting expects tasks {self.task_names}; "
@@ -78,8 +84,7 @@ class FixedWeighting(LossWeighting):
 
     def __init__(self, task_names: Sequence[str], weights: Mapping[str, float]) -> None:
         super().__init__(task_names)
-        missing = [name for name in self.task_names if name not in weights]
-        unknown = sorted(set(weights) - set(self.task_names))
+        missing, unknown = _mismatch(self.task_names, weights)
         if missing or unknown:
             raise ValueError(f"fixed weights: missing tasks {missing}, unknown tasks {unknown}")
         values = [float(weights[name]) for name in self.task_names]

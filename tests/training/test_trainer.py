@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+
+from sparsemtl.config import ConfigError
+from sparsemtl.training import Trainer, load_checkpoint, train
+
+
+def read_lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_sparse_run_learns_sparsifies_and_writes_a_complete_run_dir(tiny_config):
+    cfg = tiny_config("train.epochs=4", "sparsity.penalty=group_lasso", "sparsity.lam=0.05", "optim.lr=0.003", "train.name=sparse")
+    trainer = Trainer(cfg)
+    initial = trainer.weighting.log_vars.detach().clone()
+    summary = trainer.fit()
+    run_dir = trainer.run_dir
+    lines = read_lines(run_dir)
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+    assert lines[-1]["train"]["loss"] < lines[0]["train"]["loss"]
+    assert summary["sparsity"]["zero_group_pct"] > 0
+    assert 0 < summary["sparsity"]["zero_weight_pct"] <= 100
+    # uncertainty log-variances are really trained
+    assert not torch.allclose(trainer.weighting.log_vars.detach(), initial)
+    # best epoch chosen on validation: it is the epoch with the lowest monitored val loss
+    best = min(lines, key=lambda r: r["monitor"]["value"])
+    assert summary["best_epoch"] == best["epoch"]
+    for name in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "summary.json"):
+        assert (run_dir / name).is_file()
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    assert ckpt["epoch"] == summary["best_epoch"] and "optimizer" not in ckpt
+    assert "optimizer" in load_checkpoint(run_dir / "last.pt")
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert set(on_disk["test"]["metrics"]) == {"segmentation", "depth", "normals"}
+    assert on_disk["parameters"]["total"] == sum(p.numel() for p in trainer.model.parameters())
+    # the test metrics come from the best checkpoint, in eval mode
+    assert on_disk["test"]["metrics"]["depth"]["rmse"] == pytest.approx(trainer.evaluate("test").metrics["depth"]["rmse"])
+
+
+def test_lambda_zero_gives_exactly_zero_sparsity(tiny_config):
+    summary = train(tiny_config("sparsity.penalty=group_lasso", "sparsity.lam=0", "train.name=dense"))
+    assert summary["sparsity"]["zero_group_pct"] == 0.0
+    assert summary["sparsity"]["zero_groups"] == 0
+
+
+def test_runs_are_reproducible_with_the_same_seed(tiny_config):
+    a = train(tiny_config("train.name=a", "train.epochs=1"))
+    b = train(tiny_config("train.name=b", "train.epochs=1"))
+    assert a["test"] == b["test"]
+
+
+def test_warmup_keeps_the_penalty_off(tiny_config):
+    trainer = Trainer(tiny_config("sparsity.penalty=group_lasso", "sparsity.lam=0.5", "sparsity.warmup_epochs=1", "train.epochs=2"))
+    trainer.fit()
+    lines = read_lines(trainer.run_dir)
+    assert lines[0]["lam"] == 0.0 and lines[0]["sparsity"]["zero_groups"] == 0
+    assert lines[1]["lam"] == 0.5 and lines[1]["sparsity"]["zero_groups"] > 0
+
+
+def test_early_stopping_on_a_metric_monitor(tiny_config):
+    cfg = tiny_config("train.epochs=30", "train.patience=1", "train.monitor=depth.abs_err", "optim.lr=1e-9", "scheduler.name=none")
+    summary = train(cfg)
+    assert summary["stopped_early"] and summary["epochs_run"] < 30
+
+
+def test_attribute_tasks_and_faces_dataset(tiny_config):
+    summary = train(tiny_config("data.name=synthetic-faces", "tasks=[segmentation,male,smiling]", "train.epochs=1", "loss.weighting=equal"))
+    assert set(summary["test"]["metrics"]["male"]) >= {"accuracy", "f1"}
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("tasks=[segmentation,color]", "config key 'tasks': 'color' is not a target"),
+        ("data.name=imagenet", "config key 'data.name': unknown dataset 'imagenet'"),
+        ("loss.weighting=gradnorm", "config key 'loss.weighting': unknown 'gradnorm'"),
+        ("loss.weights={depth: 1}", "config key 'loss.weights': only used with loss.weighting=fixed"),
+        ("sparsity.grouping=rows", "config key 'sparsity.grouping': unknown grouping 'rows'"),
+        ("sparsity.modules=[decoder.*]", "config key 'sparsity.modules': sparsity module pattern 'decoder.*' matches no conv layer"),
+        ("train.monitor=depth.miou", "config key 'train.monitor': task 'depth' has metrics"),
+        ("data.batch_size=64", "config key 'data.batch_size': 64 is larger than the training split"),
+        ("train.device=tpu", "config key 'train.device'"),
+    ],
+)
+def test_names_resolved_at_build_time_fail_with_the_key(tiny_config, override, fragment):
+    with pytest.raises(ConfigError) as info:
+        Trainer(tiny_config(override))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_existing_run_dir_is_never_overwritten(tiny_config):
+    train(tiny_config("train.name=once", "train.epochs=1"))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(tiny_config("train.name=once"))
