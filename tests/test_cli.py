@@ -22,3 +22,21 @@ def test_demo_prints_one_comparison_table(tmp_path, capsys):
     header = [line for line in out.splitlines() if line.startswith("test metric")][0]
     assert header.split()[-2:] == ["dense", "sparse"]
     assert (tmp_path / "comparison.json").is_file()
+
+
+def test_sparsity_command_prints_table_and_writes_json_and_png(tmp_path, capsys):
+    run = tmp_path / "s"
+    args = ["train", *TINY, f"train.out_dir={tmp_path}", "train.name=s", "sparsity.penalty=group_lasso", "sparsity.lam=0.05", "train.epochs=1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["sparsity", str(run)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run / "sparsity.json").read_text())
+    assert report["grouping"] == "input_channels" and report["zero_groups"] > 0
+    total = [line for line in out.splitlines() if line.startswith("TOTAL")][0].split()
+    assert int(total[1].replace(",", "")) == report["groups"] and int(total[2].replace(",", "")) == report["zero_groups"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["sparsity"]["zero_groups"] == report["zero_groups"]
+    assert (run / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["sparsity", str(tmp_path / "nope")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err

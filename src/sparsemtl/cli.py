@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
-from .training import NonFiniteLossError
+from .training import CheckpointError, NonFiniteLossError
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -24,6 +24,14 @@ def _demo(args: argparse.Namespace) -> None:
     print(table)
 
 
+def _sparsity(args: argparse.Namespace) -> None:
+    from .reporting.sparsity_run import analyze_run
+
+    result = analyze_run(args.run_dir, args.out, args.checkpoint, plot=not args.no_plot)
+    print(result.table)
+    print(f"wrote {result.json_path}" + (f" and {result.plot_path}" if result.plot_path else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsemtl", description="Parsimonious multi-task vision models with group sparsity.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None, help="folder holding demo_dense.yaml and demo_sparse.yaml (default: the repository's configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to both runs")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("sparsity", help="per-layer sparsity table, JSON and PNG plot of a finished run")
+    p.add_argument("run_dir", help="a run directory written by 'sparsemtl train'")
+    p.add_argument("--checkpoint", default="best.pt", help="checkpoint file inside the run directory (default best.pt)")
+    p.add_argument("--out", default=None, help="where to write sparsity.json and sparsity.png (default: the run directory)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (matplotlib is an optional extra)")
+    p.set_defaults(func=_sparsity)
     return parser
 
 
@@ -45,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, NonFiniteLossError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, NonFiniteLossError) as exc:
         print(f"sparsemtl: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -56,12 +56,14 @@ class ModelConfig:
 class SparsityConfig:
     """Group-sparsity regulariser on the shared encoder, applied as a proximal step."""
 
-    penalty: Literal["none", "group_lasso"] = "none"
+    penalty: Literal["none", "group_lasso", "group_mcp"] = "none"
     lam: float = 0.0
+    mcp_gamma: float = 100.0
     grouping: str = "input_channels"
     modules: tuple[str, ...] = ("encoder.*",)
     reweight: Literal["sqrt_size", "none"] = "sqrt_size"
     warmup_epochs: int = 0
+    ramp_epochs: int = 0
 
 
 @dataclass
@@ -145,6 +147,8 @@ _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "model.classifier_dropout": (lambda v: all(0.0 <= p < 1.0 for p in v), "two numbers in [0, 1)"),
     "sparsity.lam": (lambda v: v >= 0.0, "a number >= 0"),
     "sparsity.warmup_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "sparsity.ramp_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "sparsity.mcp_gamma": (lambda v: v > 0.0, "a number > 0"),
     "sparsity.modules": (lambda v: len(v) >= 1, "a non-empty list of module-name patterns"),
     "optim.lr": (lambda v: v > 0.0, "a number > 0"),
     "optim.weight_decay": (lambda v: v >= 0.0, "a number >= 0"),

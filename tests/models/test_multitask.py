@@ -63,3 +63,16 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
 def test_unknown_encoder_is_a_config_error():
     with pytest.raises(ConfigError, match="model.encoder"):
         build_model(ModelConfig(encoder="resnet_does_not_exist"), SPECS)
+
+
+def test_zero_initialised_norm_scales_are_reset_when_training_from_scratch(tmp_path):
+    """timm zero-initialises each residual block's last BN scale; that blocks all gradient to the
+    branch, and the Adam-metric prox would delete the branch at step 1."""
+    raw = timm.create_model("resnet18d", features_only=True)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) and not m.weight.any() for m in raw.modules())
+    enc = Encoder("resnet18d")
+    assert all(m.weight.any() for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    path = tmp_path / "w.pth"
+    torch.save(timm.create_model("resnet18d").state_dict(), path)
+    loaded = Encoder("resnet18d", pretrained=str(path))  # pretrained weights are kept as they are
+    assert any(not m.weight.any() for m in loaded.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsemtl.sparsity import ProxAdamW, block_soft_threshold, input_channels, regularized_param_groups, weighted_group_lasso_prox
+from sparsemtl.sparsity import ProxAdamW, ProxSGD, block_soft_threshold, input_channels, regularized_param_groups, weighted_group_lasso_prox
 
 
 def small_net() -> nn.Module:
@@ -110,3 +110,52 @@ def test_bad_prox_spec_is_rejected():
     groups[0]["prox"]["dims"] = [1]
     with pytest.raises(ValueError, match="prox spec lists 1 tensors for 4 parameters|prox spec lists 1 tensors for 2 parameters"):
         ProxAdamW(groups)
+
+
+def test_prox_sgd_is_sgd_then_block_soft_thresholding():
+    net, reference = small_net(), small_net()
+    structure = input_channels(net, ["0", "2"])
+    opt = ProxSGD(regularized_param_groups(net, structure, 0.2), lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for step in range(3):
+        for model, optim in ((net, opt), (reference, ref_opt)):
+            optim.zero_grad()
+            loss_fn(model, step).backward()
+            optim.step()
+        for idx in (0, 2):
+            w = reference[idx].weight
+            rows = w.detach().transpose(0, 1).reshape(w.shape[1], -1)
+            z = block_soft_threshold(rows, 0.1 * 0.2 * rows.shape[1] ** 0.5)
+            with torch.no_grad():
+                w.copy_(z.reshape(w.shape[1], w.shape[0], *w.shape[2:]).transpose(0, 1))
+        for pa, pb in zip(net.parameters(), reference.parameters()):
+            assert torch.allclose(pa, pb, rtol=1e-5, atol=1e-7)
+
+
+def test_group_mcp_in_the_optimisers_needs_gamma_and_sparsifies():
+    net = small_net()
+    structure = input_channels(net, ["0", "2"])
+    with pytest.raises(ValueError, match="gamma"):
+        ProxAdamW(regularized_param_groups(net, structure, 0.1, penalty="group_mcp"))
+    opt = ProxAdamW(regularized_param_groups(net, structure, 5.0, penalty="group_mcp", gamma=10.0), lr=0.05)
+    run(net, opt, 20)
+    assert (net[0].weight.abs().sum(dim=(0, 2, 3)) == 0).any() or (net[2].weight.abs().sum(dim=(0, 2, 3)) == 0).any()
+    sgd = ProxSGD(regularized_param_groups(small_net(), input_channels(small_net(), ["0"]), 0.1, penalty="group_lasso"), lr=0.1)
+    assert sgd.state_dict()["param_groups"][0]["prox"]["penalty"] == "group_lasso"
+
+
+def test_groups_without_gradient_information_are_not_deleted():
+    """An input channel that is always 0 gives its group exactly zero gradient, hence Adam metric
+    d = eps; the prox must leave it alone instead of deleting it for any lambda > 0."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    before = conv.weight.detach().clone()
+    opt = ProxAdamW(regularized_param_groups(conv, input_channels(conv, ["*"]), lam=1e-9), lr=1e-3)
+    x = torch.randn(2, 3, 8, 8)
+    x[:, 1] = 0.0
+    for _ in range(3):
+        opt.zero_grad()
+        conv(x).square().mean().backward()
+        opt.step()
+    assert torch.count_nonzero(conv.weight[:, 1]) == conv.weight[:, 1].numel()
+    assert torch.allclose(conv.weight[:, 1], before[:, 1] * (1 - 1e-3 * 0.01) ** 3)  # only weight decay

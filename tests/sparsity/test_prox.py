@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from sparsemtl.sparsity import GroupSlices, block_soft_threshold, group_lasso_prox_, weighted_group_lasso_prox
+from sparsemtl.sparsity import GroupSlices, block_soft_threshold, group_lasso_prox_, group_mcp_prox, weighted_group_lasso_prox
 
 
 
@@ -105,3 +105,66 @@ def test_input_channel_slices_are_updated_in_place_without_copies():
     expected = block_soft_threshold(w.transpose(0, 1).reshape(5, -1), 2.0).reshape(5, 8, 3, 3).transpose(0, 1)
     group_lasso_prox_(GroupSlices([w], [1], [torch.arange(5)], 5), torch.full((5,), 2.0))
     assert torch.allclose(w, expected, rtol=1e-12)
+
+
+def reference_weighted_mcp(x: np.ndarray, d: np.ndarray, tau: float, kappa: float) -> np.ndarray:
+    """Independent solve of argmin 1/2 sum d (z-x)^2 + MCP(||z||) (slope tau - kappa*r, knee
+    tau/kappa), valid in the convex regime min(d) > kappa: below the knee the stationarity
+    condition gives z_i = d_i x_i / (d_i - kappa + tau/r), with r = ||z|| found by a bracketed
+    root; otherwise the penalty is flat and z = x."""
+    if np.linalg.norm(d * x) <= tau:
+        return np.zeros_like(x)
+    knee = tau / kappa
+    f = lambda r: np.linalg.norm(d * x / (d - kappa + tau / r)) - r  # noqa: E731
+    if f(knee) < 0:  # the stationary radius lies below the knee
+        lower = 0.5 * (np.linalg.norm(d * x) - tau) / d.max()  # f > 0 there
+        r = brentq(f, lower, knee, xtol=1e-300, rtol=1e-15, maxiter=1000)
+        return d * x / (d - kappa + tau / r)
+    return x.copy()
+
+
+def test_unweighted_group_mcp_is_firm_thresholding():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 7, generator=gen) * torch.empty(300, 1).uniform_(0.1, 4.0, generator=gen)
+    tau, kappa = 1.5, 0.25
+    z = group_mcp_prox(x, tau, kappa)
+    n = x.norm(dim=1, keepdim=True)
+    firm = torch.where(n <= tau, torch.zeros_like(x), torch.where(n <= tau / kappa, (1 - tau / n) / (1 - kappa) * x, x))
+    assert torch.allclose(z, firm, rtol=1e-12, atol=1e-15)
+    assert (n[:, 0] <= tau).any() and (n[:, 0] > tau / kappa).any()
+    assert torch.all(z[n[:, 0] <= tau] == 0.0)
+
+
+@pytest.mark.parametrize("n", [1, 5, 300, 2304])
+def test_weighted_group_mcp_matches_independent_reference(n):
+    gen = torch.Generator().manual_seed(n)
+    groups, kappa = 16, 0.3
+    x = torch.randn(groups, n, generator=gen)
+    d = 10 ** (torch.rand(groups, n, generator=gen) * 4)  # [1, 1e4]: convex regime, d > 2*kappa
+    tau = (d * x).norm(dim=1) * 10 ** torch.empty(groups).uniform_(-3, 0.2, generator=gen)
+    tau[:3] = (d[:3] * x[:3]).norm(dim=1) * 1.01  # zero band
+    tau[3:6] = 0.5 * kappa * x[3:6].norm(dim=1)  # beyond the knee: identity band
+    z = group_mcp_prox(x, tau, kappa, d)
+    kinds = set()
+    for g in range(groups):
+        ref = reference_weighted_mcp(x[g].numpy(), d[g].numpy(), float(tau[g]), kappa)
+        if not ref.any():
+            assert torch.all(z[g] == 0.0)
+            kinds.add("zero")
+        else:
+            err = np.linalg.norm(z[g].numpy() - ref) / np.linalg.norm(ref)
+            assert err <= 1e-6, err
+            kinds.add("identity" if np.array_equal(ref, x[g].numpy()) else "shrunk")
+    assert kinds == {"zero", "shrunk", "identity"}
+
+
+def test_group_mcp_caps_concavity_to_keep_the_step_convex():
+    """Where d_i <= concavity the subproblem would be non-convex: the cap (half the group's
+    smallest d) must still give a finite result with the same zero test as the group lasso."""
+    x = torch.randn(10, 20)
+    d = torch.rand(10, 20) * 0.1 + 1e-3
+    tau = (d * x).norm(dim=1) * 0.8
+    z = group_mcp_prox(x, tau, concavity=5.0, d=d)
+    assert torch.isfinite(z).all()
+    assert torch.all(z.abs().sum(1) > 0)
+    assert torch.all(group_mcp_prox(x, (d * x).norm(dim=1) * 1.01, 5.0, d) == 0)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sparsemtl.training import load_checkpoint, save_checkpoint
+from sparsemtl.training import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -22,7 +22,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_unreadable_checkpoint_names_the_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="bad.pt' could not be read") as info:
+    with pytest.raises(CheckpointError, match="bad.pt. could not be read") as info:
         load_checkpoint(bad)
     assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="missing.pt"):

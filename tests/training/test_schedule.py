@@ -5,7 +5,7 @@ import torch
 
 from sparsemtl.config import ConfigError, SchedulerConfig
 from sparsemtl.tasks.spec import TaskSpec
-from sparsemtl.training import EarlyStopping, Monitor, build_scheduler, lam_for_epoch
+from sparsemtl.training import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
 
 
 def test_early_stopping_counts_epochs_without_improvement():
@@ -27,8 +27,11 @@ def test_monitor_directions_and_errors():
 
 def test_lambda_warmup_and_schedulers():
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([{"params": [p], "base_lam": 0.3, "lam": 0.3}], lr=1.0)
-    assert lam_for_epoch(opt, 1, 2) == 0.0 and lam_for_epoch(opt, 3, 2) == 0.3
+    opt = torch.optim.SGD([{"params": [p], "lam": 0.3}, {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=1.0)
+    lam = PenaltyScheduler(opt, warmup_epochs=2, ramp_epochs=4)
+    assert [lam.step(e) for e in range(1, 8)] == pytest.approx([0.0, 0.0, 0.075, 0.15, 0.225, 0.3, 0.3])
+    assert opt.param_groups[1]["lam"] == 0.0
+    assert PenaltyScheduler(opt).step(1) == 0.3
     sched = build_scheduler(SchedulerConfig(name="cosine"), opt, epochs=4)
     for _ in range(4):
         opt.step()

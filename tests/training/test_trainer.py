@@ -35,6 +35,7 @@ def test_tiny_sparse_run_learns_sparsifies_and_writes_a_complete_run_dir(tiny_co
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert set(on_disk["test"]["metrics"]) == {"segmentation", "depth", "normals"}
     assert on_disk["parameters"]["total"] == sum(p.numel() for p in trainer.model.parameters())
+    assert on_disk["sparsity"]["settings"]["lam"] == 0.05 and on_disk["sparsity"]["settings"]["grouping"] == "input_channels"
     # the test metrics come from the best checkpoint, in eval mode
     assert on_disk["test"]["metrics"]["depth"]["rmse"] == pytest.approx(trainer.evaluate("test").metrics["depth"]["rmse"])
 

@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ..tasks.spec import TaskSpec
-from .synthetic_scenes import checked_index, validate_dataset_arguments
+from .procedural import ProceduralDataset
 
 CLASS_NAMES = ("background", "hair", "skin")
 BACKGROUND, HAIR, SKIN = range(len(CLASS_NAMES))
@@ -183,7 +181,7 @@ class FaceParameters:
         return {name: getattr(self, name) for name in ATTRIBUTE_NAMES}
 
 
-class SyntheticFaces(Dataset):
+class SyntheticFaces(ProceduralDataset):
     """Procedural portraits with a 3-class face-parsing map and four binary attributes.
 
     Sample ``index`` is a pure function of ``(seed, index, image_size)``; the person
@@ -196,25 +194,19 @@ class SyntheticFaces(Dataset):
         **{name: TaskSpec(name, "attribute") for name in ATTRIBUTE_NAMES},
     }
 
-    def __init__(
-        self, num_samples: int, image_size: tuple[int, int] = (64, 64), seed: int = 0
-    ) -> None:
-        validate_dataset_arguments(num_samples, image_size, seed)
-        self.num_samples = num_samples
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.seed = seed
+    rng_salt = RNG_SALT
 
-    def __len__(self) -> int:
-        return self.num_samples
+    @staticmethod
+    def sample_parameters(rng: np.random.Generator) -> FaceParameters:
+        return sample_face_parameters(rng)
+
+    @staticmethod
+    def render(params: FaceParameters, image_size: tuple[int, int]) -> dict[str, np.ndarray]:
+        return render_face(params, image_size)
 
     def face_parameters(self, index: int) -> FaceParameters:
-        """The random person behind sample ``index`` (independent of ``image_size``)."""
-        index = checked_index(index, self.num_samples)
-        return sample_face_parameters(np.random.default_rng([RNG_SALT, self.seed, index]))
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        arrays = render_face(self.face_parameters(index), self.image_size)
-        return {name: torch.from_numpy(value) for name, value in arrays.items()}
+        """The random face behind sample ``index`` (independent of ``image_size``)."""
+        return self.parameters(index)
 
 
 # ----------------------------------------------------------------------------- sampling

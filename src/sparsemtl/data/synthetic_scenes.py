@@ -20,15 +20,13 @@ tests):
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Protocol
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ..tasks.spec import TaskSpec
+from .procedural import ProceduralDataset
 
 CLASS_NAMES = ("floor", "ceiling", "wall", "box", "sphere", "cylinder")
 FLOOR, CEILING, WALL, BOX, SPHERE, CYLINDER = range(len(CLASS_NAMES))
@@ -37,7 +35,6 @@ ATTRIBUTE_CLASSES = {"has_sphere": SPHERE, "has_cylinder": CYLINDER}
 
 RNG_SALT = 0x5C3E
 """Mixed into every seed so the two synthetic datasets never share random streams."""
-MIN_IMAGE_SIDE = 16
 
 ROOM_SIDE_RANGE_M = (3.0, 8.0)
 ROOM_HEIGHT_RANGE_M = (2.4, 3.2)
@@ -54,8 +51,8 @@ VERTICAL_FOV_RANGE_DEG = (45.0, 65.0)
 PRINCIPAL_POINT_JITTER = 0.02
 """Maximum offset of the principal point from the image centre, as a fraction of the size."""
 
-NUM_BOXES_RANGE = (1, 5)
-"""Boxes per room, including the one aimed into view (upper bound exclusive)."""
+EXTRA_BOXES_RANGE = (1, 4)
+"""Boxes per room besides the one aimed into view (inclusive bounds)."""
 EXTRA_ROUND_OBJECTS_MAX = 2
 """At most this many spheres / cylinders besides the one placed in view."""
 VIEW_TARGET_HEIGHT_M = 0.3
@@ -360,7 +357,7 @@ class _Hits:
     albedo: np.ndarray
 
 
-class SyntheticScenes(Dataset):
+class SyntheticScenes(ProceduralDataset):
     """Procedural indoor scenes with segmentation, depth, normals and attributes.
 
     Sample ``index`` is a pure function of ``(seed, index, image_size)``; the scene itself
@@ -376,45 +373,19 @@ class SyntheticScenes(Dataset):
         **{name: TaskSpec(name, "attribute") for name in ATTRIBUTE_CLASSES},
     }
 
-    def __init__(
-        self, num_samples: int, image_size: tuple[int, int] = (64, 64), seed: int = 0
-    ) -> None:
-        validate_dataset_arguments(num_samples, image_size, seed)
-        self.num_samples = num_samples
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.seed = seed
+    rng_salt = RNG_SALT
 
-    def __len__(self) -> int:
-        return self.num_samples
+    @staticmethod
+    def sample_parameters(rng: np.random.Generator) -> SceneParameters:
+        return sample_scene_parameters(rng)
+
+    @staticmethod
+    def render(params: SceneParameters, image_size: tuple[int, int]) -> dict[str, np.ndarray]:
+        return render_scene(params, image_size)
 
     def scene_parameters(self, index: int) -> SceneParameters:
         """The random scene behind sample ``index`` (independent of ``image_size``)."""
-        index = checked_index(index, self.num_samples)
-        return sample_scene_parameters(np.random.default_rng([RNG_SALT, self.seed, index]))
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        arrays = render_scene(self.scene_parameters(index), self.image_size)
-        return {name: torch.from_numpy(value) for name, value in arrays.items()}
-
-
-def validate_dataset_arguments(num_samples: int, image_size: tuple[int, int], seed: int) -> None:
-    """Constructor checks shared by both synthetic datasets; one-line errors naming the argument."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if len(image_size) != 2 or min(image_size) < MIN_IMAGE_SIDE:
-        raise ValueError(
-            f"image_size must be (height, width), both >= {MIN_IMAGE_SIDE}, got {image_size}"
-        )
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-
-
-def checked_index(index: int, length: int) -> int:
-    """``index`` as an int, or IndexError when outside ``[0, length)`` (no negative indexing)."""
-    index = operator.index(index)
-    if not 0 <= index < length:
-        raise IndexError(f"index {index} out of range for dataset of length {length}")
-    return index
+        return self.parameters(index)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -591,7 +562,7 @@ def _sample_objects(
     for cls in (*wanted, Box):
         if not _place_in_view(rng, layout, cls):
             _place_anywhere(rng, layout, cls)
-    for _ in range(int(rng.integers(NUM_BOXES_RANGE[0], NUM_BOXES_RANGE[1]))):
+    for _ in range(int(rng.integers(EXTRA_BOXES_RANGE[0], EXTRA_BOXES_RANGE[1] + 1))):
         _place_anywhere(rng, layout, Box)
     for cls in wanted:
         for _ in range(int(rng.integers(0, EXTRA_ROUND_OBJECTS_MAX + 1))):

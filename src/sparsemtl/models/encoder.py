@@ -32,6 +32,8 @@ class Encoder(nn.Module):
             pretrained_cfg_overlay=overlay,
             **kwargs,
         )
+        if overlay is None:
+            _unzero_norm_scales(self.backbone)
         self.name = name
         self.out_channels: int = self.backbone.feature_info.channels()[-1]
         self.stride: int = self.backbone.feature_info.reduction()[-1]
@@ -43,6 +45,18 @@ class Encoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std)[-1]
+
+
+def _unzero_norm_scales(module: nn.Module) -> None:
+    """Set norm-layer scales that were initialised to exactly 0 (timm's ``zero_init_last``) to 1.
+
+    A zero scale blocks every gradient to the convs of its residual branch, so their Adam second
+    moment is 0 and the preconditioned prox (metric d = eps) would delete the whole branch at the
+    first step, for any lambda > 0, before it could learn anything.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None and not m.weight.detach().any():
+            nn.init.ones_(m.weight)
 
 
 def encoder_names(pattern: str = "*") -> list[str]:

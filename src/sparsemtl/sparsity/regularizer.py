@@ -31,11 +31,17 @@ def regularized_param_groups(
     lam: float,
     reweight: str | Callable[[torch.Tensor], torch.Tensor] = "sqrt_size",
     penalty: str = "group_lasso",
+    gamma: float | None = None,
 ) -> list[dict]:
-    """Two param groups: the regularised tensors (with their prox spec) and everything else."""
+    """Two param groups: the regularised tensors (with their prox spec) and everything else.
+
+    ``gamma`` is group MCP's concavity parameter (the penalty flattens at ||W_g|| = gamma*lam*w_g).
+    """
     regularized = {id(p) for p in structure.params}
     spec = structure.to_spec(group_weights(structure, reweight))
     spec["penalty"] = penalty
+    if penalty == "group_mcp":
+        spec["gamma"] = gamma
     rest = [p for p in model.parameters() if id(p) not in regularized and p.requires_grad]
     groups = [{"params": list(structure.params), "lam": lam, "prox": spec, "name": "sparse"}]
     if rest:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
-from .groupings import GroupStructure
+from torch import nn
+
+from .channels import ChannelRemovability, channel_sets, removable_channels
+from .groupings import GroupStructure, build_grouping
 
 
 @dataclass
@@ -30,6 +34,7 @@ class SparsityReport:
 
     grouping: str
     layers: list[LayerSparsity] = field(default_factory=list)
+    channel_sets: list[ChannelRemovability] = field(default_factory=list)
 
     @property
     def groups(self) -> int:
@@ -55,8 +60,16 @@ class SparsityReport:
     def zero_weight_pct(self) -> float:
         return 100.0 * self.zero_weights / self.weights if self.weights else 0.0
 
+    @property
+    def channels(self) -> int:
+        return sum(s.channels for s in self.channel_sets)
+
+    @property
+    def removable_channels(self) -> int:
+        return sum(s.removable for s in self.channel_sets)
+
     def summary(self) -> dict:
-        return {
+        out = {
             "grouping": self.grouping,
             "groups": self.groups,
             "zero_groups": self.zero_groups,
@@ -65,13 +78,22 @@ class SparsityReport:
             "zero_weights": self.zero_weights,
             "zero_weight_pct": self.zero_weight_pct,
         }
+        if self.channel_sets:
+            out["channels"] = self.channels
+            out["removable_channels"] = self.removable_channels
+            out["removable_channel_pct"] = 100.0 * self.removable_channels / self.channels
+        return out
 
     def to_dict(self) -> dict:
-        return {**self.summary(), "layers": [asdict(layer) for layer in self.layers]}
+        sets = [{"name": s.name, "channels": s.channels, "removable": s.removable} for s in self.channel_sets]
+        return {**self.summary(), "layers": [asdict(layer) for layer in self.layers], "channel_sets": sets}
 
 
-def sparsity_report(structure: GroupStructure, grouping: str) -> SparsityReport:
-    """Count zero groups and the weights they hold, per reporting layer and overall."""
+def sparsity_report(
+    structure: GroupStructure, grouping: str, removability: Sequence[ChannelRemovability] = ()
+) -> SparsityReport:
+    """Count zero groups and the weights they hold, per reporting layer and overall; with
+    ``removability`` also how many channels could actually be cut."""
     zero = (structure.group_max_abs() == 0).tolist()
     sizes = structure.group_sizes().tolist()
     layers: dict[str, LayerSparsity] = {}
@@ -82,4 +104,11 @@ def sparsity_report(structure: GroupStructure, grouping: str) -> SparsityReport:
         if zero[g]:
             row.zero_groups += 1
             row.zero_weights += int(sizes[g])
-    return SparsityReport(grouping, list(layers.values()))
+    return SparsityReport(grouping, list(layers.values()), list(removability))
+
+
+def model_sparsity_report(model: nn.Module, grouping: str, patterns: Sequence[str]) -> SparsityReport:
+    """Full report of ``model``: zero groups under ``grouping`` and removable channels of every
+    channel set written by the modules matching ``patterns`` (traces the model once)."""
+    structure = build_grouping(grouping, model, patterns)
+    return sparsity_report(structure, grouping, removable_channels(model, channel_sets(model, patterns)))

@@ -1,20 +1,21 @@
 """Training: the loop, checkpoints, schedules and the runtime (device, seeds, AMP, DDP)."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..runtime import ProcessContext, init_process_context, resolve_device, seed_everything
-from .schedule import EarlyStopping, Monitor, build_scheduler, lam_for_epoch
+from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
 from .trainer import NonFiniteLossError, Trainer, default_run_dir, train
 
 __all__ = [
+    "CheckpointError",
     "EarlyStopping",
     "Monitor",
     "NonFiniteLossError",
+    "PenaltyScheduler",
     "ProcessContext",
     "Trainer",
     "build_scheduler",
     "default_run_dir",
     "init_process_context",
-    "lam_for_epoch",
     "load_checkpoint",
     "resolve_device",
     "save_checkpoint",

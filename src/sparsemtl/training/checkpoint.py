@@ -10,6 +10,10 @@ from typing import Any
 import torch
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read or does not match what is expected."""
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash mid-write never
     destroys the previous checkpoint."""
@@ -33,4 +37,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt or foreign file: say which file
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: {exc}".splitlines()[0]) from None
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be read: {exc}".splitlines()[0]) from None

@@ -24,14 +24,37 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epoc
     return None
 
 
-def lam_for_epoch(optimizer: torch.optim.Optimizer, epoch: int, warmup_epochs: int) -> float:
-    """Switch the penalty off for the first ``warmup_epochs`` epochs (1-based), then restore
-    each group's configured strength; returns the lambda now in force."""
-    lam = 0.0
-    for group in optimizer.param_groups:
-        group["lam"] = 0.0 if epoch <= warmup_epochs else group.get("base_lam", 0.0)
-        lam = max(lam, group["lam"])
-    return lam
+class PenaltyScheduler:
+    """Epoch-wise lambda schedule, like an LR scheduler but for the sparsity strength.
+
+    Each param group keeps its configured strength in ``base_lam`` (recorded on construction);
+    ``step(epoch)`` (1-based) sets ``lam`` to 0 during the first ``warmup_epochs`` epochs (the
+    seed's warm-up: the network first learns densely), then ramps it linearly to ``base_lam``
+    over ``ramp_epochs`` epochs, then keeps it constant.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_epochs: int = 0, ramp_epochs: int = 0) -> None:
+        if warmup_epochs < 0 or ramp_epochs < 0:
+            raise ValueError("warmup_epochs and ramp_epochs must be >= 0")
+        self.optimizer = optimizer
+        self.warmup_epochs = warmup_epochs
+        self.ramp_epochs = ramp_epochs
+        for group in optimizer.param_groups:
+            group.setdefault("base_lam", group.get("lam", 0.0))
+
+    def factor(self, epoch: int) -> float:
+        if epoch <= self.warmup_epochs:
+            return 0.0
+        if self.ramp_epochs == 0:
+            return 1.0
+        return min(1.0, (epoch - self.warmup_epochs) / self.ramp_epochs)
+
+    def step(self, epoch: int) -> float:
+        """Apply the schedule for ``epoch``; returns the largest lambda now in force."""
+        factor = self.factor(epoch)
+        for group in self.optimizer.param_groups:
+            group["lam"] = group["base_lam"] * factor
+        return max((group["lam"] for group in self.optimizer.param_groups), default=0.0)
 
 
 @dataclass(frozen=True)

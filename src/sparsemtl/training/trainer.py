@@ -8,6 +8,7 @@ sparsity report, parameter counts).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -26,11 +27,11 @@ from ..config import Config, ConfigError
 from ..data import build_dataset, select_tasks
 from ..evaluation.evaluate import EvalResult, evaluate, task_loss_options
 from ..models import MultiTaskModel, build_model
-from ..sparsity import ProxAdamW, build_grouping, regularized_param_groups, sparsity_report
+from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regularized_param_groups, sparsity_report
 from ..tasks import WEIGHTINGS, build_weighting, get_task
 from .checkpoint import load_checkpoint, save_checkpoint
 from ..runtime import ProcessContext, autocast, init_process_context, seed_everything
-from .schedule import EarlyStopping, Monitor, build_scheduler, lam_for_epoch
+from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +65,7 @@ class Trainer:
         self.structure = self._build_grouping()
         self.optimizer = self._build_optimizer()
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.train.epochs)
+        self.penalty_scheduler = PenaltyScheduler(self.optimizer, cfg.sparsity.warmup_epochs, cfg.sparsity.ramp_epochs)
         self.monitor = Monitor.parse(cfg.train.monitor, self.specs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.net = (
@@ -116,12 +118,11 @@ class Trainer:
     def _build_optimizer(self) -> ProxAdamW:
         cfg, sp = self.cfg.optim, self.cfg.sparsity
         lam = sp.lam if sp.penalty != "none" else 0.0
-        groups = regularized_param_groups(self.model, self.structure, lam, sp.reweight)
+        penalty = "group_lasso" if sp.penalty == "none" else sp.penalty
+        groups = regularized_param_groups(self.model, self.structure, lam, sp.reweight, penalty, sp.mcp_gamma)
         weighting_params = [p for p in self.weighting.parameters() if p.requires_grad]
         if weighting_params:
             groups.append({"params": weighting_params, "weight_decay": 0.0, "name": "loss_weighting"})
-        for group in groups:
-            group["base_lam"] = group.get("lam", 0.0)
         return ProxAdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
     def _prepare_run_dir(self) -> None:
@@ -139,7 +140,7 @@ class Trainer:
         start = time.perf_counter()
         epoch = 0
         for epoch in range(1, cfg.epochs + 1):
-            lam = lam_for_epoch(self.optimizer, epoch, self.cfg.sparsity.warmup_epochs)
+            lam = self.penalty_scheduler.step(epoch)
             t0 = time.perf_counter()
             train_stats = self._train_epoch(epoch)
             val = self.evaluate("val")
@@ -247,7 +248,7 @@ class Trainer:
         self.weighting.load_state_dict(best["loss_weighting"])
         test = self.evaluate("test")
         val = self.evaluate("val")
-        report = sparsity_report(self.structure, self.cfg.sparsity.grouping)
+        report = model_sparsity_report(self.model, self.cfg.sparsity.grouping, self.cfg.sparsity.modules)
         summary = {
             "run_dir": str(self.run_dir),
             "tasks": list(self.specs),
@@ -257,7 +258,7 @@ class Trainer:
             "monitor": best["monitor"],
             "val": val.to_dict(),
             "test": test.to_dict(),
-            "sparsity": report.to_dict(),
+            "sparsity": {**report.to_dict(), "settings": dataclasses.asdict(self.cfg.sparsity)},
             "parameters": self.model.parameter_counts(),
             "train_seconds": seconds,
             "device": str(self.device),
