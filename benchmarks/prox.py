@@ -22,7 +22,14 @@ import torch
 
 from sparsemtl.config import ModelConfig
 from sparsemtl.models import build_model
-from sparsemtl.sparsity import GroupSlices, ProxAdamW, group_lasso_prox_, group_weights, input_channels, regularized_param_groups
+from sparsemtl.sparsity import (
+    GroupSlices,
+    ProxAdamW,
+    group_lasso_prox_,
+    group_weights,
+    input_channels,
+    regularized_param_groups,
+)
 from sparsemtl.tasks import get_task
 from sparsemtl.tasks.spec import TaskSpec
 
@@ -31,7 +38,9 @@ SPECS = {
     "depth": TaskSpec("depth", "depth"),
     "normals": TaskSpec("normals", "normals"),
 }
-PAPER_MODEL = ModelConfig(encoder="resnet50d", output_stride=8, head_channels=256, aspp_rates=(12, 24, 36), head_dropout=0.3)
+PAPER_MODEL = ModelConfig(
+    encoder="resnet50d", output_stride=8, head_channels=256, aspp_rates=(12, 24, 36), head_dropout=0.3
+)
 LR, EPS, BETA2 = 1e-4, 1e-6, 0.999
 
 
@@ -66,7 +75,9 @@ def time_steps(model, optimizer, batch, steps: int) -> list[float]:
     return times
 
 
-def newton_per_layer_reference(x: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+def newton_per_layer_reference(
+    x: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, iterations: int = 100
+) -> torch.Tensor:
     """The straightforward implementation: one layer at a time, Newton on
     phi(theta) = sum x^2 / (theta + tau/d)^2 - 1 for a fixed number of iterations over the full
     (groups, n) matrix, no active-set or convergence test."""
@@ -104,21 +115,43 @@ def prox_benchmark(model, optimizer, lam: float, repeats: int) -> list[tuple[str
         group_lasso_prox_(GroupSlices(xs, structure.dims, structure.ids, structure.num_groups), tau_all, ds)
         ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ref = [newton_per_layer_reference(rows(p, dim), rows(d, dim), tau_all[ids]) for p, d, dim, ids in zip(params, metric, structure.dims, structure.ids)]
+        ref = [
+            newton_per_layer_reference(rows(p, dim), rows(d, dim), tau_all[ids])
+            for p, d, dim, ids in zip(params, metric, structure.dims, structure.ids)
+        ]
         reference.append(time.perf_counter() - t0)
 
     # accuracy of both against a float64 run of our solver at float64 tolerance
     exact = [p.double() for p in params]
-    group_lasso_prox_(GroupSlices(exact, structure.dims, structure.ids, structure.num_groups), tau_all.double(), [d.double() for d in metric])
-    err_ours = max(float((rows(x, dim).double() - rows(e, dim)).norm() / rows(e, dim).norm().clamp_min(1e-30)) for x, e, dim in zip(xs, exact, structure.dims))
-    err_ref = max(float((r.double() - rows(e, dim)).norm() / rows(e, dim).norm().clamp_min(1e-30)) for r, e, dim in zip(ref, exact, structure.dims))
+    group_lasso_prox_(
+        GroupSlices(exact, structure.dims, structure.ids, structure.num_groups),
+        tau_all.double(),
+        [d.double() for d in metric],
+    )
+    err_ours = max(
+        float((rows(x, dim).double() - rows(e, dim)).norm() / rows(e, dim).norm().clamp_min(1e-30))
+        for x, e, dim in zip(xs, exact, structure.dims)
+    )
+    err_ref = max(
+        float((r.double() - rows(e, dim)).norm() / rows(e, dim).norm().clamp_min(1e-30))
+        for r, e, dim in zip(ref, exact, structure.dims)
+    )
     zero = sum(int((rows(x, dim).abs().amax(1) == 0).sum()) for x, dim in zip(xs, structure.dims))
     med_ours, med_ref = statistics.median(ours), statistics.median(reference)
     return [
         ("convs / groups / weights", f"{len(params)} / {structure.num_groups:,} / {sum(p.numel() for p in params):,}"),
-        ("zero groups after the prox", f"{zero:,} ({100 * zero / structure.num_groups:.1f}%) at lambda={lam:g}, lr={LR:g}"),
-        ("weighted prox, ours (median)", f"{med_ours * 1e3:.1f} ms  (spread {min(ours) * 1e3:.1f}-{max(ours) * 1e3:.1f})"),
-        ("per-layer 100-iteration Newton (median)", f"{med_ref * 1e3:.1f} ms  (spread {min(reference) * 1e3:.1f}-{max(reference) * 1e3:.1f})"),
+        (
+            "zero groups after the prox",
+            f"{zero:,} ({100 * zero / structure.num_groups:.1f}%) at lambda={lam:g}, lr={LR:g}",
+        ),
+        (
+            "weighted prox, ours (median)",
+            f"{med_ours * 1e3:.1f} ms  (spread {min(ours) * 1e3:.1f}-{max(ours) * 1e3:.1f})",
+        ),
+        (
+            "per-layer 100-iteration Newton (median)",
+            f"{med_ref * 1e3:.1f} ms  (spread {min(reference) * 1e3:.1f}-{max(reference) * 1e3:.1f})",
+        ),
         ("speed-up of ours", f"{med_ref / med_ours:.1f}x"),
         ("max relative error vs float64 (ours / reference)", f"{err_ours:.1e} / {err_ref:.1e}"),
     ]
@@ -128,15 +161,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per optimiser")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per optimiser before timing")
-    parser.add_argument("--lam", type=float, default=1e-5, help="sparsity strength (the paper's runs use 1e-5 and 1e-6)")
+    parser.add_argument(
+        "--lam", type=float, default=1e-5, help="sparsity strength (the paper's runs use 1e-5 and 1e-6)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"# machine: {platform.machine()} | {platform.processor() or 'cpu'} | torch threads {torch.get_num_threads()} | torch {torch.__version__}")
-    print(f"# paper model: resnet50d OS8 + 3 ASPP heads (256 ch, rates 12/24/36), batch {args.batch}, {args.size}x{args.size}, CPU")
+    machine = f"{platform.machine()} | {platform.processor() or 'cpu'} | {torch.get_num_threads()} torch threads"
+    print(f"# machine: {machine} | torch {torch.__version__}")
+    model = f"resnet50d OS8 + 3 ASPP heads (256 ch, rates 12/24/36), batch {args.batch}, {args.size}x{args.size}"
+    print(f"# paper model: {model}, CPU")
 
     batch = make_batch(args.batch, args.size, 0)
     dense = build_model(PAPER_MODEL, SPECS)

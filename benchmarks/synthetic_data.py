@@ -25,12 +25,8 @@ WARMUP_SAMPLES = 3
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--samples", type=int, default=200, help="samples timed per dataset and size"
-    )
-    parser.add_argument(
-        "--sizes", type=int, nargs="+", default=[64, 128, 256], help="square image sides"
-    )
+    parser.add_argument("--samples", type=int, default=200, help="samples timed per dataset and size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="square image sides")
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -65,10 +61,7 @@ def main() -> None:
     print(f"# {args.samples} samples per cell, seed {args.seed}")
     print(format_row(["dataset"] + [f"{size}x{size}" for size in args.sizes]))
     for name in args.datasets:
-        rates = [
-            samples_per_second(DATASETS[name], size, args.samples, args.seed)
-            for size in args.sizes
-        ]
+        rates = [samples_per_second(DATASETS[name], size, args.samples, args.seed) for size in args.sizes]
         print(format_row([name] + [f"{rate:.1f}/s" for rate in rates]))
 
 

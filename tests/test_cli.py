@@ -11,7 +11,9 @@ def test_train_command_runs_and_bad_keys_fail_in_one_line(tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["tasks"] == ["depth"]
     assert main(["train", "--config", str(cfg), "optim.lrate=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["sparsemtl: error: unknown config key 'optim.lrate'; allowed keys under 'optim': lr, weight_decay, betas, eps"]
+    assert err == [
+        "sparsemtl: error: unknown config key 'optim.lrate'; allowed keys under 'optim': lr, weight_decay, betas, eps"
+    ]
 
 
 def test_demo_prints_one_comparison_table(tmp_path, capsys):
@@ -26,15 +28,28 @@ def test_demo_prints_one_comparison_table(tmp_path, capsys):
 
 def test_sparsity_command_prints_table_and_writes_json_and_png(tmp_path, capsys):
     run = tmp_path / "s"
-    args = ["train", *TINY, f"train.out_dir={tmp_path}", "train.name=s", "sparsity.penalty=group_lasso", "sparsity.lam=0.05", "train.epochs=1"]
+    args = [
+        "train",
+        *TINY,
+        f"train.out_dir={tmp_path}",
+        "train.name=s",
+        "sparsity.penalty=group_lasso",
+        "sparsity.lam=0.05",
+        "train.epochs=1",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     assert main(["sparsity", str(run)]) == 0
     out = capsys.readouterr().out
     report = json.loads((run / "sparsity.json").read_text())
     assert report["grouping"] == "input_channels" and report["zero_groups"] > 0
+    assert report["channels"] == sum(s["channels"] for s in report["channel_sets"]) > 0
+    assert 0 <= report["removable_channels"] <= report["channels"]
+    assert "channel set (coupled channels)" in out
     total = [line for line in out.splitlines() if line.startswith("TOTAL")][0].split()
-    assert int(total[1].replace(",", "")) == report["groups"] and int(total[2].replace(",", "")) == report["zero_groups"]
+    assert (
+        int(total[1].replace(",", "")) == report["groups"] and int(total[2].replace(",", "")) == report["zero_groups"]
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sparsity"]["zero_groups"] == report["zero_groups"]
     assert (run / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

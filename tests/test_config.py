@@ -11,7 +11,9 @@ def test_defaults_are_valid_and_round_trip_through_dict():
 def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("tasks: [depth]\noptim:\n  lr: 1e-4\ndata:\n  image_size: [48, 64]\n")
-    cfg = load_config(path, ["sparsity.lam=2e-5", "sparsity.penalty=group_lasso", "train.amp=bf16", "model.aspp_rates=[1,2]"])
+    cfg = load_config(
+        path, ["sparsity.lam=2e-5", "sparsity.penalty=group_lasso", "train.amp=bf16", "model.aspp_rates=[1,2]"]
+    )
     assert cfg.tasks == ("depth",)
     assert cfg.optim.lr == pytest.approx(1e-4)  # YAML 1.1 reads 1e-4 as a string; we convert
     assert cfg.data.image_size == (48, 64)

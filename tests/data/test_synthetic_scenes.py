@@ -121,9 +121,7 @@ def test_different_seed_or_index_changes_the_image(dataset: SyntheticScenes) -> 
 
 def test_scene_does_not_depend_on_resolution() -> None:
     small, large = SyntheticScenes(4, (32, 32), seed=1), SyntheticScenes(4, (64, 64), seed=1)
-    np.testing.assert_array_equal(
-        small.scene_parameters(2).camera.position, large.scene_parameters(2).camera.position
-    )
+    np.testing.assert_array_equal(small.scene_parameters(2).camera.position, large.scene_parameters(2).camera.position)
     k_small, k_large = small[2]["intrinsics"], large[2]["intrinsics"]
     torch.testing.assert_close(k_large[:2], 2 * k_small[:2])
 
@@ -219,10 +217,13 @@ def test_normals_match_back_projected_planes(samples: Samples) -> None:
         estimate = np.cross(below - point, right - point, axis=0)
         estimate /= np.linalg.norm(estimate, axis=0, keepdims=True) + 1e-12
         planar = (
-            (label == label_right) & (label == label_below)
+            (label == label_right)
+            & (label == label_below)
             & ((normal * normal_right).sum(axis=0) > 0.99999)
             & ((normal * normal_below).sum(axis=0) > 0.99999)
-            & (point[2] > 0) & (right[2] > 0) & (below[2] > 0)
+            & (point[2] > 0)
+            & (right[2] > 0)
+            & (below[2] > 0)
         )
         errors.append(angle_deg(estimate[:, planar], normal[:, planar]))
     errors = np.concatenate(errors)
@@ -231,9 +232,7 @@ def test_normals_match_back_projected_planes(samples: Samples) -> None:
     assert np.mean(errors < 1.0) > 0.99
 
 
-def test_depth_is_z_depth_floor_and_ceiling_are_flat(
-    dataset: SyntheticScenes, samples: Samples
-) -> None:
+def test_depth_is_z_depth_floor_and_ceiling_are_flat(dataset: SyntheticScenes, samples: Samples) -> None:
     """Floor pixels back-project onto z = 0 and ceiling pixels onto the ceiling height in
     the world frame; with ray length instead of z-depth these planes would come out curved."""
     checked = 0
@@ -250,9 +249,7 @@ def test_depth_is_z_depth_floor_and_ceiling_are_flat(
     assert checked > 1000
 
 
-def test_sphere_normals_point_away_from_the_centre(
-    dataset: SyntheticScenes, samples: Samples
-) -> None:
+def test_sphere_normals_point_away_from_the_centre(dataset: SyntheticScenes, samples: Samples) -> None:
     checked = 0
     for index, sample in enumerate(samples):
         params = dataset.scene_parameters(index)

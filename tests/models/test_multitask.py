@@ -30,7 +30,9 @@ def test_encoder_runs_once_per_forward_and_outputs_have_task_shapes():
 def test_output_stride_and_single_task():
     model = build_model(SMALL, {"depth": SPECS["depth"]})
     assert model.encoder.stride == 8 and list(model.heads) == ["depth"]
-    coarse = build_model(ModelConfig(encoder="resnet10t", output_stride=32, head_channels=8, aspp_rates=(1,)), {"depth": SPECS["depth"]})
+    coarse = build_model(
+        ModelConfig(encoder="resnet10t", output_stride=32, head_channels=8, aspp_rates=(1,)), {"depth": SPECS["depth"]}
+    )
     assert coarse.encoder.stride == 32
     feats = coarse.encoder(torch.rand(1, 3, 64, 64))
     assert feats.shape[-2:] == (2, 2)

@@ -35,9 +35,7 @@ B = "encoder.backbone."
 
 def small_model(encoder: str) -> nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        encoder=encoder, head_channels=8, aspp_rates=(1, 2), classifier_channels=(8, 4)
-    )
+    cfg = ModelConfig(encoder=encoder, head_channels=8, aspp_rates=(1, 2), classifier_channels=(8, 4))
     return build_model(cfg, SPECS)
 
 
@@ -128,6 +126,7 @@ def run_watching_readers(model, sets, picks, x) -> tuple[list[str], object]:
             watched.setdefault(r.name.rsplit(".", 1)[0], []).append(r.index[chosen[r.channel]])
     bad, hooks = [], []
     for name, index in watched.items():
+
         def check(module, args, name=name, index=torch.cat(index)):
             if args[0][:, index].count_nonzero():
                 bad.append(name)
@@ -172,9 +171,7 @@ def assert_zero_groups_removable(model: nn.Module, sets: list[ChannelSet], x: to
 
 def test_all_groupings_are_valid_structures(r10, r10_all_sets, r26_sets):
     convs = [m for m in r10.modules() if isinstance(m, nn.Conv2d)]
-    inp, out, cpl = (
-        build_grouping(g, r10, ["*"]) for g in ("input_channels", "output_channels", "coupled")
-    )
+    inp, out, cpl = (build_grouping(g, r10, ["*"]) for g in ("input_channels", "output_channels", "coupled"))
     for s in (inp, out, cpl, coupled_structure(r26_sets)):
         assert_valid(s)
     assert out.num_groups == sum(c.out_channels for c in convs)
@@ -321,8 +318,12 @@ def test_split_writer_gets_its_other_half_in_a_second_set():
 def test_depthwise_conv_passes_channels_through_and_modes_are_restored():
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(3, 8, 1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
         nn.Conv2d(8, 4, 1),
     )
     net[1].eval()

@@ -4,12 +4,21 @@ import pytest
 import torch
 from torch import nn
 
-from sparsemtl.sparsity import ProxAdamW, ProxSGD, block_soft_threshold, input_channels, regularized_param_groups, weighted_group_lasso_prox
+from sparsemtl.sparsity import (
+    ProxAdamW,
+    ProxSGD,
+    block_soft_threshold,
+    input_channels,
+    regularized_param_groups,
+    weighted_group_lasso_prox,
+)
 
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 2)
+    )
 
 
 def loss_fn(net: nn.Module, seed: int) -> torch.Tensor:
@@ -108,7 +117,9 @@ def test_bad_prox_spec_is_rejected():
     net = small_net()
     groups = regularized_param_groups(net, input_channels(net, ["0", "2"]), 0.1)
     groups[0]["prox"]["dims"] = [1]
-    with pytest.raises(ValueError, match="prox spec lists 1 tensors for 4 parameters|prox spec lists 1 tensors for 2 parameters"):
+    with pytest.raises(
+        ValueError, match="prox spec lists 1 tensors for 4 parameters|prox spec lists 1 tensors for 2 parameters"
+    ):
         ProxAdamW(groups)
 
 
@@ -140,7 +151,9 @@ def test_group_mcp_in_the_optimisers_needs_gamma_and_sparsifies():
     opt = ProxAdamW(regularized_param_groups(net, structure, 5.0, penalty="group_mcp", gamma=10.0), lr=0.05)
     run(net, opt, 20)
     assert (net[0].weight.abs().sum(dim=(0, 2, 3)) == 0).any() or (net[2].weight.abs().sum(dim=(0, 2, 3)) == 0).any()
-    sgd = ProxSGD(regularized_param_groups(small_net(), input_channels(small_net(), ["0"]), 0.1, penalty="group_lasso"), lr=0.1)
+    sgd = ProxSGD(
+        regularized_param_groups(small_net(), input_channels(small_net(), ["0"]), 0.1, penalty="group_lasso"), lr=0.1
+    )
     assert sgd.state_dict()["param_groups"][0]["prox"]["penalty"] == "group_lasso"
 
 

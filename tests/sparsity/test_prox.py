@@ -5,8 +5,13 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from sparsemtl.sparsity import GroupSlices, block_soft_threshold, group_lasso_prox_, group_mcp_prox, weighted_group_lasso_prox
-
+from sparsemtl.sparsity import (
+    GroupSlices,
+    block_soft_threshold,
+    group_lasso_prox_,
+    group_mcp_prox,
+    weighted_group_lasso_prox,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +44,7 @@ def test_block_soft_threshold_matches_closed_form(n):
     norms = x.norm(dim=1, keepdim=True)
     expected = torch.clamp(1 - tau[:, None] / norms, min=0) * x
     assert torch.allclose(z, expected, rtol=1e-12, atol=0)
-    zero_rows = (norms[:, 0] <= tau)
+    zero_rows = norms[:, 0] <= tau
     assert zero_rows.any() and (~zero_rows).any()
     assert torch.all(z[zero_rows] == 0.0)
     assert torch.all(z[~zero_rows] != 0.0)
@@ -48,7 +53,9 @@ def test_block_soft_threshold_matches_closed_form(n):
 def test_weighted_prox_with_unit_preconditioner_is_block_soft_thresholding():
     x = torch.randn(30, 50)
     tau = torch.rand(30) * 10
-    assert torch.allclose(weighted_group_lasso_prox(x, torch.ones_like(x), tau), block_soft_threshold(x, tau), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(
+        weighted_group_lasso_prox(x, torch.ones_like(x), tau), block_soft_threshold(x, tau), rtol=1e-12, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2, 9, 576, 4608])
@@ -168,3 +175,17 @@ def test_group_mcp_caps_concavity_to_keep_the_step_convex():
     assert torch.isfinite(z).all()
     assert torch.all(z.abs().sum(1) > 0)
     assert torch.all(group_mcp_prox(x, (d * x).norm(dim=1) * 1.01, 5.0, d) == 0)
+
+
+@pytest.mark.parametrize("start_scale", [0.0, 0.5, 1.0, 3.0])
+def test_warm_start_from_below_or_above_gives_the_same_prox_and_returns_group_norms(start_scale):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(25, 300, generator=gen)
+    d = 10 ** (torch.rand(25, 300, generator=gen) * 6 - 3)
+    tau = (d * x).norm(dim=1) * torch.empty(25).uniform_(0.2, 1.3, generator=gen)
+    cold = weighted_group_lasso_prox(x, d, tau)
+    z = x.clone()
+    norms = [cold.norm(dim=1) * start_scale]
+    group_lasso_prox_(GroupSlices([z], [0], [torch.arange(25)], 25), tau, [d.clone()], norms=norms)
+    assert torch.allclose(z, cold, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(norms[0], z.norm(dim=1), rtol=1e-10)

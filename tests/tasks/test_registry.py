@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsemtl.tasks import TASKS, IGNORE_INDEX, TaskSpec, get_task, segmentation_loss
+from sparsemtl.tasks import IGNORE_INDEX, TASKS, TaskSpec, get_task, segmentation_loss
 
 SPECS = {
     "segmentation": TaskSpec("semseg", "segmentation", num_classes=13),

@@ -23,9 +23,7 @@ def test_registered_names() -> None:
 
 
 def test_equal_is_the_plain_sum() -> None:
-    total, weights = EqualWeighting(["seg", "depth", "normals"])(
-        losses(seg=0.5, depth=1.25, normals=2.0)
-    )
+    total, weights = EqualWeighting(["seg", "depth", "normals"])(losses(seg=0.5, depth=1.25, normals=2.0))
     assert total.item() == 3.75
     assert weights == {"seg": 1.0, "depth": 1.0, "normals": 1.0}
 

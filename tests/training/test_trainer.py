@@ -12,7 +12,9 @@ def read_lines(run_dir):
 
 
 def test_tiny_sparse_run_learns_sparsifies_and_writes_a_complete_run_dir(tiny_config):
-    cfg = tiny_config("train.epochs=4", "sparsity.penalty=group_lasso", "sparsity.lam=0.05", "optim.lr=0.003", "train.name=sparse")
+    cfg = tiny_config(
+        "train.epochs=4", "sparsity.penalty=group_lasso", "sparsity.lam=0.05", "optim.lr=0.003", "train.name=sparse"
+    )
     trainer = Trainer(cfg)
     initial = trainer.weighting.log_vars.detach().clone()
     summary = trainer.fit()
@@ -35,9 +37,14 @@ def test_tiny_sparse_run_learns_sparsifies_and_writes_a_complete_run_dir(tiny_co
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert set(on_disk["test"]["metrics"]) == {"segmentation", "depth", "normals"}
     assert on_disk["parameters"]["total"] == sum(p.numel() for p in trainer.model.parameters())
-    assert on_disk["sparsity"]["settings"]["lam"] == 0.05 and on_disk["sparsity"]["settings"]["grouping"] == "input_channels"
+    assert (
+        on_disk["sparsity"]["settings"]["lam"] == 0.05
+        and on_disk["sparsity"]["settings"]["grouping"] == "input_channels"
+    )
     # the test metrics come from the best checkpoint, in eval mode
-    assert on_disk["test"]["metrics"]["depth"]["rmse"] == pytest.approx(trainer.evaluate("test").metrics["depth"]["rmse"])
+    assert on_disk["test"]["metrics"]["depth"]["rmse"] == pytest.approx(
+        trainer.evaluate("test").metrics["depth"]["rmse"]
+    )
 
 
 def test_lambda_zero_gives_exactly_zero_sparsity(tiny_config):
@@ -53,7 +60,9 @@ def test_runs_are_reproducible_with_the_same_seed(tiny_config):
 
 
 def test_warmup_keeps_the_penalty_off(tiny_config):
-    trainer = Trainer(tiny_config("sparsity.penalty=group_lasso", "sparsity.lam=0.5", "sparsity.warmup_epochs=1", "train.epochs=2"))
+    trainer = Trainer(
+        tiny_config("sparsity.penalty=group_lasso", "sparsity.lam=0.5", "sparsity.warmup_epochs=1", "train.epochs=2")
+    )
     trainer.fit()
     lines = read_lines(trainer.run_dir)
     assert lines[0]["lam"] == 0.0 and lines[0]["sparsity"]["zero_groups"] == 0
@@ -61,13 +70,19 @@ def test_warmup_keeps_the_penalty_off(tiny_config):
 
 
 def test_early_stopping_on_a_metric_monitor(tiny_config):
-    cfg = tiny_config("train.epochs=30", "train.patience=1", "train.monitor=depth.abs_err", "optim.lr=1e-9", "scheduler.name=none")
+    cfg = tiny_config(
+        "train.epochs=30", "train.patience=1", "train.monitor=depth.abs_err", "optim.lr=1e-9", "scheduler.name=none"
+    )
     summary = train(cfg)
     assert summary["stopped_early"] and summary["epochs_run"] < 30
 
 
 def test_attribute_tasks_and_faces_dataset(tiny_config):
-    summary = train(tiny_config("data.name=synthetic-faces", "tasks=[segmentation,male,smiling]", "train.epochs=1", "loss.weighting=equal"))
+    summary = train(
+        tiny_config(
+            "data.name=synthetic-faces", "tasks=[segmentation,male,smiling]", "train.epochs=1", "loss.weighting=equal"
+        )
+    )
     assert set(summary["test"]["metrics"]["male"]) >= {"accuracy", "f1"}
 
 
@@ -79,7 +94,10 @@ def test_attribute_tasks_and_faces_dataset(tiny_config):
         ("loss.weighting=gradnorm", "config key 'loss.weighting': unknown 'gradnorm'"),
         ("loss.weights={depth: 1}", "config key 'loss.weights': only used with loss.weighting=fixed"),
         ("sparsity.grouping=rows", "config key 'sparsity.grouping': unknown grouping 'rows'"),
-        ("sparsity.modules=[decoder.*]", "config key 'sparsity.modules': sparsity module pattern 'decoder.*' matches no conv layer"),
+        (
+            "sparsity.modules=[decoder.*]",
+            "config key 'sparsity.modules': sparsity module pattern 'decoder.*' matches no conv layer",
+        ),
         ("train.monitor=depth.miou", "config key 'train.monitor': task 'depth' has metrics"),
         ("data.batch_size=64", "config key 'data.batch_size': 64 is larger than the training split"),
         ("train.device=tpu", "config key 'train.device'"),
@@ -95,3 +113,32 @@ def test_existing_run_dir_is_never_overwritten(tiny_config):
     train(tiny_config("train.name=once", "train.epochs=1"))
     with pytest.raises(ConfigError, match="already holds a run"):
         Trainer(tiny_config("train.name=once"))
+
+
+@pytest.mark.parametrize(
+    "grouping, penalty", [("coupled", "group_lasso"), ("output_channels", "group_mcp"), ("input_channels", "group_mcp")]
+)
+def test_groupings_and_penalties_train_and_are_recorded(tiny_config, grouping, penalty):
+    cfg = tiny_config(
+        f"sparsity.grouping={grouping}",
+        f"sparsity.penalty={penalty}",
+        "sparsity.lam=0.05",
+        "sparsity.mcp_gamma=1000",
+        "train.epochs=1",
+        "optim.lr=0.003",
+    )
+    summary = train(cfg)
+    sparsity = summary["sparsity"]
+    assert sparsity["grouping"] == grouping and sparsity["settings"]["penalty"] == penalty
+    assert sparsity["zero_groups"] > 0
+    if grouping == "coupled":
+        # one coupled group per channel, and every zero coupled group is removable
+        assert sparsity["groups"] == sparsity["channels"]
+        assert sparsity["removable_channels"] >= sparsity["zero_groups"]
+
+
+def test_mixed_precision_path_runs_on_cpu(tiny_config):
+    summary = train(
+        tiny_config("train.amp=bf16", "train.epochs=1", "tasks=[segmentation,depth]", "train.grad_clip=1.0")
+    )
+    assert summary["test"]["metrics"]["depth"]["abs_err"] == summary["test"]["metrics"]["depth"]["abs_err"]  # not NaN

@@ -51,8 +51,7 @@ def select_tasks(dataset: Dataset, tasks: tuple[str, ...] | list[str]) -> dict[s
     missing = [t for t in tasks if t not in available]
     if missing:
         raise ConfigError(
-            f"config key 'tasks': {missing[0]!r} is not a target of this dataset; "
-            f"available: {', '.join(available)}"
+            f"config key 'tasks': {missing[0]!r} is not a target of this dataset; available: {', '.join(available)}"
         )
     return {t: available[t] for t in tasks}
 

@@ -292,9 +292,7 @@ def _sample_clutter(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------- geometry
 
 
-def face_coordinates(
-    params: FaceParameters, image_size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def face_coordinates(params: FaceParameters, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Face-frame coordinates (x, y) of every pixel centre, each (H, W).
 
     Inverts the pose: offset, in-plane rotation, scale and the yaw-like horizontal squash.
@@ -499,9 +497,7 @@ def _draw_face(canvas: _Canvas, params: FaceParameters, frame: _Frame) -> None:
     canvas.paint(face, colour, SKIN)
 
 
-def _draw_beard(
-    canvas: _Canvas, params: FaceParameters, frame: _Frame, stubble: np.ndarray
-) -> None:
+def _draw_beard(canvas: _Canvas, params: FaceParameters, frame: _Frame, stubble: np.ndarray) -> None:
     """Lower face and upper lip covered in stubble or beard (hair class)."""
     half_width = _face_half_width(params)
     taper = _from_unit(params.jaw_taper_u, JAW_TAPER_RANGE[True])

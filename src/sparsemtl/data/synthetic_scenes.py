@@ -223,9 +223,7 @@ class Cylinder:
         t_top = self._cap_hit(offset, directions, origins[2], self.z_max)
         return np.minimum(t_side, np.minimum(t_bottom, t_top))
 
-    def _cap_hit(
-        self, offset: np.ndarray, directions: np.ndarray, origin_z: np.ndarray, z: float
-    ) -> np.ndarray:
+    def _cap_hit(self, offset: np.ndarray, directions: np.ndarray, origin_z: np.ndarray, z: float) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (z - origin_z) / directions[2]
         radial = offset + t * directions[:2]
@@ -534,8 +532,7 @@ class _Layout:
         if math.dist((x, y), self.camera.position[:2]) < radius + CAMERA_CLEARANCE_M:
             return False
         return all(
-            math.dist((x, y), _footprint_centre(other)) >= radius + other.footprint_radius()
-            for other in self.objects
+            math.dist((x, y), _footprint_centre(other)) >= radius + other.footprint_radius() for other in self.objects
         )
 
     def try_add(self, obj: Primitive) -> bool:
@@ -549,9 +546,7 @@ def _footprint_centre(obj: Primitive) -> np.ndarray:
     return obj.center_xy if isinstance(obj, Cylinder) else obj.center[:2]
 
 
-def _sample_objects(
-    rng: np.random.Generator, room: np.ndarray, camera: CameraParameters
-) -> tuple[Primitive, ...]:
+def _sample_objects(rng: np.random.Generator, room: np.ndarray, camera: CameraParameters) -> tuple[Primitive, ...]:
     """One object of each wanted kind goes in view first, then boxes, then extra objects.
 
     Spheres and cylinders are each present with probability ``ATTRIBUTE_PROBABILITY``, so
@@ -611,9 +606,7 @@ def _stack_on_box(rng: np.random.Generator, layout: _Layout, cls: type) -> bool:
     return True
 
 
-def _new_object(
-    rng: np.random.Generator, cls: type, xy: np.ndarray, base_z: float | None = None
-) -> Primitive:
+def _new_object(rng: np.random.Generator, cls: type, xy: np.ndarray, base_z: float | None = None) -> Primitive:
     """A random object of class ``cls`` centred above ``xy``, its lowest point at ``base_z``.
 
     Without ``base_z`` the object stands on the floor (spheres sometimes float).
@@ -757,9 +750,7 @@ def _direct_light(params: SceneParameters, hits: _Hits, light: Light) -> np.ndar
     return irradiance
 
 
-def _culled_intersect(
-    obj: Primitive, origin: np.ndarray, directions: np.ndarray, lengths: np.ndarray
-) -> np.ndarray:
+def _culled_intersect(obj: Primitive, origin: np.ndarray, directions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``obj.intersect`` for rays from one ``origin``, run only on rays that enter the cone
     from ``origin`` around the object's bounding sphere; ``lengths`` are the direction norms."""
     centre, radius = obj.bounding_sphere()
@@ -775,9 +766,7 @@ def _culled_intersect(
     return t
 
 
-def _valid_depth_mask(
-    params: SceneParameters, depth: np.ndarray, image_size: tuple[int, int]
-) -> np.ndarray:
+def _valid_depth_mask(params: SceneParameters, depth: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """Simulated sensor: no return beyond ``max_range`` or inside dropout blobs."""
     valid = depth <= params.max_range
     u, v = _pixel_grid(image_size)

@@ -8,9 +8,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..runtime import ProcessContext, autocast
 from ..tasks import get_task
 from ..tasks.spec import TaskSpec
-from ..runtime import ProcessContext, autocast
 
 
 @dataclass

@@ -16,9 +16,7 @@ def build_model(cfg: ModelConfig, task_specs: dict[str, TaskSpec]) -> MultiTaskM
         encoder = Encoder(cfg.encoder, cfg.output_stride, cfg.pretrained)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "Invalid model" in str(exc):
-            raise ConfigError(
-                f"config key 'model.encoder': unknown timm model {cfg.encoder!r}"
-            ) from None
+            raise ConfigError(f"config key 'model.encoder': unknown timm model {cfg.encoder!r}") from None
         raise
     dense_head = _head_builder(cfg.dense_head, "model.dense_head")
     heads = {}

@@ -71,7 +71,5 @@ HEADS.register(
 )
 HEADS.register(
     "classifier",
-    lambda cin, cout, cfg: ClassifierHead(
-        cin, cout, cfg.classifier_channels, cfg.classifier_dropout
-    ),
+    lambda cin, cout, cfg: ClassifierHead(cin, cout, cfg.classifier_channels, cfg.classifier_dropout),
 )

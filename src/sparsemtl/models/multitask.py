@@ -40,6 +40,7 @@ class MultiTaskModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of the encoder, of each head and in total, plus how many are non-zero."""
+
         def count(module: nn.Module) -> int:
             return sum(p.numel() for p in module.parameters())
 

@@ -1,6 +1,14 @@
 """Group sparsity: groupings, proximal operators, the proximal optimiser and the report."""
 
-from .channels import ChannelRemovability, ChannelSet, ChannelSlice, channel_sets, coupled, output_channels, removable_channels
+from .channels import (
+    ChannelRemovability,
+    ChannelSet,
+    ChannelSlice,
+    channel_sets,
+    coupled,
+    output_channels,
+    removable_channels,
+)
 from .groupings import GROUPINGS, GroupStructure, build_grouping, input_channels, matching_convs
 from .optim import PENALTIES, ProxAdamW, ProxSGD
 from .prox import block_soft_threshold, group_lasso_prox_, group_mcp_prox, group_mcp_prox_, weighted_group_lasso_prox

@@ -95,9 +95,7 @@ class ChannelRemovability:
         return self.removable == self.channels
 
 
-def dependency_graph(
-    model: nn.Module, example_inputs: torch.Tensor | None = None
-) -> tp.DependencyGraph:
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor | None = None) -> tp.DependencyGraph:
     """Trace ``model`` with Torch-Pruning.
 
     Tracing needs autograd, so grad is enabled and the input requires grad (frozen layers still
@@ -139,9 +137,7 @@ def channel_sets(
         todo = _uncovered(covered, root)
         if todo.numel() == 0:
             continue
-        group = graph.get_pruning_group(
-            root, graph.get_pruner_of_module(root).prune_out_channels, todo.tolist()
-        )
+        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, todo.tolist())
         cset, writers = _channel_set(graph, group, names[root], todo, names)
         for module, index in writers:
             _cover(covered, module, index)
@@ -216,14 +212,10 @@ def _role(graph: tp.DependencyGraph, dep: tp.Dependency) -> str | None:
         return "writer"
     if node.type in (OPTYPE.CONV, OPTYPE.LINEAR):
         return "writer" if graph.is_out_channel_pruning_fn(dep.handler) else "reader"
-    raise ValueError(
-        f"channel sets support convs, linear and BatchNorm layers only; found {node.name}"
-    )
+    raise ValueError(f"channel sets support convs, linear and BatchNorm layers only; found {node.name}")
 
 
-def _writer_slices(
-    name: str, module: nn.Module, index: torch.Tensor, channel: torch.Tensor
-) -> list[ChannelSlice]:
+def _writer_slices(name: str, module: nn.Module, index: torch.Tensor, channel: torch.Tensor) -> list[ChannelSlice]:
     if isinstance(module, _BatchNorm):
         if not module.affine:
             raise ValueError(f"BatchNorm {name!r} is not affine: a zero input would not give 0")
@@ -244,14 +236,11 @@ def _writer_slices(
     ]
 
 
-def _reader_slices(
-    name: str, module: nn.Module, index: torch.Tensor, channel: torch.Tensor
-) -> list[ChannelSlice]:
+def _reader_slices(name: str, module: nn.Module, index: torch.Tensor, channel: torch.Tensor) -> list[ChannelSlice]:
     if isinstance(module, _ConvNd):
         if module.groups > 1:
             raise ValueError(
-                f"conv {name!r} has groups={module.groups}: a grouped conv's input channel is "
-                "not a slice of its weight"
+                f"conv {name!r} has groups={module.groups}: a grouped conv's input channel is not a slice of its weight"
             )
         dim = 0 if module.transposed else 1
     else:
@@ -288,9 +277,7 @@ def removable_channels(model: nn.Module, sets: list[ChannelSet]) -> list[Channel
     return result
 
 
-def _structure(
-    rows: dict[str, tuple[nn.Parameter, int, torch.Tensor]], owners: list[str]
-) -> GroupStructure:
+def _structure(rows: dict[str, tuple[nn.Parameter, int, torch.Tensor]], owners: list[str]) -> GroupStructure:
     names = list(rows)
     return GroupStructure(
         names,

@@ -74,8 +74,20 @@ class _ProximalStep:
             tau = torch.where(slices.group_amax(precond) > group["eps"], tau, torch.zeros_like(tau))
         if spec.get("penalty", "group_lasso") == "group_mcp":
             group_mcp_prox_(slices, tau, lr / float(spec["gamma"]), precond)
+        elif precond is None:
+            group_lasso_prox_(slices, tau)
         else:
-            group_lasso_prox_(slices, tau, precond)
+            group_lasso_prox_(slices, tau, precond, norms=self._warm_starts(group, slices))
+
+    def _warm_starts(self, group: dict[str, Any], slices: GroupSlices) -> list[torch.Tensor]:
+        """Per-parameter group norms of the previous step (optimiser state, so they round-trip)."""
+        starts = []
+        for p, dim in zip(group["params"], slices.dims):
+            state = self.state[p]  # type: ignore[attr-defined]
+            if "prox_norm" not in state:
+                state["prox_norm"] = torch.zeros(p.shape[dim], dtype=p.dtype, device=p.device)
+            starts.append(state["prox_norm"])
+        return starts
 
     def _prox_groups(self):
         for index, group in enumerate(self.param_groups):  # type: ignore[attr-defined]

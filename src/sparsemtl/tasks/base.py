@@ -42,13 +42,10 @@ def upcast(x: Tensor) -> Tensor:
 def check_dense_pair(pred: Tensor, target: Tensor, channels: int) -> None:
     """Raise if ``pred``/``target`` are not (B, channels, *, *) / (B, channels, H, W)."""
     if pred.dim() != 4 or target.dim() != 4:
-        raise ValueError(
-            f"expected 4-D prediction and target, got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
+        raise ValueError(f"expected 4-D prediction and target, got {tuple(pred.shape)} and {tuple(target.shape)}")
     if pred.shape[0] != target.shape[0] or pred.shape[1] != channels or target.shape[1] != channels:
         raise ValueError(
-            f"expected (B, {channels}, H, W) prediction and target, "
-            f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+            f"expected (B, {channels}, H, W) prediction and target, got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
 
 
@@ -183,10 +180,7 @@ class TaskDefinition:
         """Scalar training loss; ``options`` go to the kind's loss (e.g. ``label_smoothing``)."""
         expected = self.out_channels(spec)
         if self.head == "dense" and (pred.dim() != 4 or pred.shape[1] != expected):
-            raise ValueError(
-                f"task {spec.name!r} expects (B, {expected}, H, W) predictions, "
-                f"got {tuple(pred.shape)}"
-            )
+            raise ValueError(f"task {spec.name!r} expects (B, {expected}, H, W) predictions, got {tuple(pred.shape)}")
         return self.loss_fn(pred, target, **options)
 
     def metric(self, spec: TaskSpec) -> Metric:

@@ -73,9 +73,7 @@ class SegmentationMetric(Metric):
         valid = target != IGNORE_INDEX
         truth = target[valid].long()
         if truth.numel() and (truth.min() < 0 or truth.max() >= self.num_classes):
-            raise ValueError(
-                f"segmentation labels must lie in [0, {self.num_classes}) or be {IGNORE_INDEX}"
-            )
+            raise ValueError(f"segmentation labels must lie in [0, {self.num_classes}) or be {IGNORE_INDEX}")
         cells = truth * self.num_classes + guess[valid]
         return torch.bincount(cells, minlength=self.num_classes**2)
 
@@ -157,10 +155,7 @@ class NormalsMetric(Metric):
         return {
             "mean_angle": ratio(angle_sum, count),
             "median_angle": self._median(count),
-            **{
-                _within_name(limit): PERCENT * ratio(hits, count)
-                for limit, hits in zip(ANGLE_THRESHOLDS, within)
-            },
+            **{_within_name(limit): PERCENT * ratio(hits, count) for limit, hits in zip(ANGLE_THRESHOLDS, within)},
         }
 
     def _median(self, count: float) -> float:

@@ -26,7 +26,4 @@ class TaskSpec:
         if self.kind == "segmentation" and self.num_classes < 2:
             raise ValueError(f"segmentation task {self.name!r} needs num_classes >= 2")
         if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"task {self.name!r}: {len(self.class_names)} class names for "
-                f"{self.num_classes} classes"
-            )
+            raise ValueError(f"task {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes")

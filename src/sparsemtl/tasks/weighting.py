@@ -58,15 +58,10 @@ class LossWeighting(nn.Module, ABC):
         """Scalar losses in ``task_names`` order; a different task set is a ValueError."""
         missing, unknown = _mismatch(self.task_names, losses)
         if missing or unknown:
-            raise ValueError(
-                f"loss weighting expects tasks {self.task_names}; "
-                f"missing {missing}, unexpected {unknown}"
-            )
+            raise ValueError(f"loss weighting expects tasks {self.task_names}; missing {missing}, unexpected {unknown}")
         for name in self.task_names:
             if losses[name].dim() != 0:
-                raise ValueError(
-                    f"loss of task {name!r} must be a scalar, got shape {tuple(losses[name].shape)}"
-                )
+                raise ValueError(f"loss of task {name!r} must be a scalar, got shape {tuple(losses[name].shape)}")
         return torch.stack([losses[name] for name in self.task_names])
 
 

@@ -1,7 +1,7 @@
 """Training: the loop, checkpoints, schedules and the runtime (device, seeds, AMP, DDP)."""
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..runtime import ProcessContext, init_process_context, resolve_device, seed_everything
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
 from .trainer import NonFiniteLossError, Trainer, default_run_dir, train
 

@@ -18,7 +18,9 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epoc
     if cfg.name == "cosine":
         return lr_sched.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=cfg.min_lr)
     if cfg.name == "plateau":
-        return lr_sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr)
+        return lr_sched.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
+        )
     if cfg.name == "step":
         return lr_sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.factor)
     return None
@@ -73,10 +75,15 @@ class Monitor:
             return cls(name, None, None, False)
         task, _, metric = name.partition(".")
         if task not in specs:
-            raise ConfigError(f"config key 'train.monitor': expected 'loss' or '<task>.<metric>' with task in {', '.join(specs)}, got {name!r}")
+            raise ConfigError(
+                f"config key 'train.monitor': expected 'loss' or '<task>.<metric>' with task in "
+                f"{', '.join(specs)}, got {name!r}"
+            )
         directions = get_task(specs[task].kind).metric_directions
         if metric not in directions:
-            raise ConfigError(f"config key 'train.monitor': task {task!r} has metrics {', '.join(directions)}, got {metric!r}")
+            raise ConfigError(
+                f"config key 'train.monitor': task {task!r} has metrics {', '.join(directions)}, got {metric!r}"
+            )
         return cls(name, task, metric, directions[metric])
 
     def value(self, result) -> float:

@@ -27,10 +27,10 @@ from ..config import Config, ConfigError
 from ..data import build_dataset, select_tasks
 from ..evaluation.evaluate import EvalResult, evaluate, task_loss_options
 from ..models import MultiTaskModel, build_model
+from ..runtime import autocast, init_process_context, seed_everything
 from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regularized_param_groups, sparsity_report
 from ..tasks import WEIGHTINGS, build_weighting, get_task
 from .checkpoint import load_checkpoint, save_checkpoint
-from ..runtime import ProcessContext, autocast, init_process_context, seed_everything
 from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
 
 
@@ -82,22 +82,47 @@ class Trainer:
         cfg, ctx = self.cfg.data, self.context
         generator = torch.Generator().manual_seed(self.cfg.train.seed)
         if ctx.distributed:
-            sampler = DistributedSampler(datasets["train"], ctx.world_size, ctx.rank, shuffle=True, seed=self.cfg.train.seed, drop_last=True)
-            train = DataLoader(datasets["train"], cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True, pin_memory=self.device.type == "cuda")
+            sampler = DistributedSampler(
+                datasets["train"], ctx.world_size, ctx.rank, shuffle=True, seed=self.cfg.train.seed, drop_last=True
+            )
+            train = DataLoader(
+                datasets["train"],
+                cfg.batch_size,
+                sampler=sampler,
+                num_workers=cfg.num_workers,
+                drop_last=True,
+                pin_memory=self.device.type == "cuda",
+            )
         else:
-            train = DataLoader(datasets["train"], cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.num_workers, drop_last=True, pin_memory=self.device.type == "cuda")
+            train = DataLoader(
+                datasets["train"],
+                cfg.batch_size,
+                shuffle=True,
+                generator=generator,
+                num_workers=cfg.num_workers,
+                drop_last=True,
+                pin_memory=self.device.type == "cuda",
+            )
 
         def eval_loader(ds: Dataset) -> DataLoader:
             # Shard without padding so distributed metrics count every sample exactly once.
             shard = Subset(ds, range(ctx.rank, len(ds), ctx.world_size)) if ctx.distributed else ds
-            return DataLoader(shard, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+            return DataLoader(
+                shard,
+                cfg.eval_batch_size,
+                shuffle=False,
+                num_workers=cfg.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
 
         return Loaders(train, eval_loader(datasets["val"]), eval_loader(datasets["test"]))
 
     def _build_weighting(self) -> torch.nn.Module:
         cfg = self.cfg.loss
         if cfg.weighting not in WEIGHTINGS:
-            raise ConfigError(f"config key 'loss.weighting': unknown {cfg.weighting!r}; available: {', '.join(WEIGHTINGS.names())}")
+            raise ConfigError(
+                f"config key 'loss.weighting': unknown {cfg.weighting!r}; available: {', '.join(WEIGHTINGS.names())}"
+            )
         if cfg.weights and cfg.weighting != "fixed":
             raise ConfigError("config key 'loss.weights': only used with loss.weighting=fixed")
         options = {"weights": cfg.weights} if cfg.weighting == "fixed" else {}
@@ -165,18 +190,29 @@ class Trainer:
         totals = {name: 0.0 for name in self.specs}
         total_loss, count = 0.0, 0
         weights: dict[str, float] = {}
-        bar = tqdm(self.loaders.train, desc=f"epoch {epoch}", leave=False, disable=not (self.cfg.train.progress and self.context.is_main))
+        bar = tqdm(
+            self.loaders.train,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not (self.cfg.train.progress and self.context.is_main),
+        )
         for step, batch in enumerate(bar):
             loss, task_losses, weights = self._train_step(batch)
             if not math.isfinite(loss):
-                raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch}, step {step}; best checkpoint kept in {self.run_dir}")
+                raise NonFiniteLossError(
+                    f"training loss became {loss} at epoch {epoch}, step {step}; best checkpoint kept in {self.run_dir}"
+                )
             n = batch["image"].shape[0]
             total_loss += loss * n
             count += n
             for name, value in task_losses.items():
                 totals[name] += value * n
             bar.set_postfix(loss=f"{total_loss / count:.4f}")
-        return {"loss": total_loss / count, "losses": {k: v / count for k, v in totals.items()}, "task_weights": weights}
+        return {
+            "loss": total_loss / count,
+            "losses": {k: v / count for k, v in totals.items()},
+            "task_weights": weights,
+        }
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float], dict[str, float]]:
         images = batch["image"].to(self.device, non_blocking=True)
@@ -205,7 +241,9 @@ class Trainer:
 
     def evaluate(self, split: str) -> EvalResult:
         loader = getattr(self.loaders, split)
-        return evaluate(self.model, loader, self.specs, self.device, self.cfg.train.amp, self.cfg.loss.label_smoothing, self.context)
+        return evaluate(
+            self.model, loader, self.specs, self.device, self.cfg.train.amp, self.cfg.loss.label_smoothing, self.context
+        )
 
     # ----------------------------------------------------------------------------- outputs
     def _save(self, name: str, epoch: int, value: float, full: bool) -> None:
@@ -224,7 +262,16 @@ class Trainer:
             payload["scaler"] = self.scaler.state_dict()
         save_checkpoint(payload, self.run_dir / name)
 
-    def _log_epoch(self, epoch: int, lam: float, train: dict[str, Any], val: EvalResult, value: float, improved: bool, seconds: float) -> None:
+    def _log_epoch(
+        self,
+        epoch: int,
+        lam: float,
+        train: dict[str, Any],
+        val: EvalResult,
+        value: float,
+        improved: bool,
+        seconds: float,
+    ) -> None:
         report = sparsity_report(self.structure, self.cfg.sparsity.grouping)
         record = {
             "epoch": epoch,
@@ -271,7 +318,12 @@ class Trainer:
 
 
 def spec_to_dict(spec) -> dict[str, Any]:
-    return {"name": spec.name, "kind": spec.kind, "num_classes": spec.num_classes, "class_names": list(spec.class_names)}
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+    }
 
 
 def default_run_dir(cfg: Config) -> Path:
