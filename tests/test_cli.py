@@ -18,12 +18,15 @@ def test_train_command_runs_and_bad_keys_fail_in_one_line(tmp_path, capsys):
 
 def test_demo_prints_one_comparison_table(tmp_path, capsys):
     overrides = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1"]
-    assert main(["demo", "--out", str(tmp_path), *overrides]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--bench-seconds", "0.02", *overrides]) == 0
     out = capsys.readouterr().out
     assert "test metric (best val checkpoint)" in out and "zero groups %" in out
     header = [line for line in out.splitlines() if line.startswith("test metric")][0]
     assert header.split()[-2:] == ["dense", "sparse"]
     assert (tmp_path / "comparison.json").is_file()
+    # the demo ends by pruning the sparse model and timing dense vs pruned
+    assert (tmp_path / "sparse-pruned.pt").is_file() and "channels removed:" in out
+    assert "sparse pruned" in out and "dense" in out
 
 
 def test_sparsity_command_prints_table_and_writes_json_and_png(tmp_path, capsys):

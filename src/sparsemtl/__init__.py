@@ -7,6 +7,7 @@ Pipeline: data -> models -> sparsity -> training -> evaluation/reporting. The CL
 from .config import Config, ConfigError, config_from_dict, load_config
 from .data import build_dataset
 from .models import MultiTaskModel, build_model
+from .pruning import load_model, prune_model, prune_run
 from .sparsity import ProxAdamW, build_grouping, sparsity_report
 from .training import Trainer, train
 
@@ -23,6 +24,9 @@ __all__ = [
     "build_model",
     "config_from_dict",
     "load_config",
+    "load_model",
+    "prune_model",
+    "prune_run",
     "sparsity_report",
     "train",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
+from .pruning import PruningVerificationError
 from .training import CheckpointError, NonFiniteLossError
 
 
@@ -22,7 +24,7 @@ def _train(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    table, _ = run_demo(args.out, args.configs, args.overrides)
+    table, _ = run_demo(args.out, args.configs, args.overrides, bench_seconds=args.bench_seconds)
     print(table)
 
 
@@ -32,6 +34,22 @@ def _sparsity(args: argparse.Namespace) -> None:
     result = analyze_run(args.run_dir, args.out, args.checkpoint, plot=not args.no_plot)
     print(result.table)
     print(f"wrote {result.json_path}" + (f" and {result.plot_path}" if result.plot_path else ""))
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from .pruning import prune_run
+
+    size = tuple(args.size) if args.size else None
+    result = prune_run(args.source, args.out, input_size=size, onnx=args.onnx)
+    print(result.format_table())
+    extra = f", {Path(args.out).with_suffix('.onnx')}" if args.onnx else ""
+    print(f"wrote {args.out}, {Path(args.out).with_suffix('.json')}{extra}")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .benchmarking import bench_command
+
+    print(bench_command(args.models, args.size, args.batch, args.device, args.threads, args.min_run_time, args.json))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder holding demo_dense.yaml and demo_sparse.yaml (default: the repository's configs/)",
     )
+    p.add_argument("--bench-seconds", type=float, default=1.0, help="timing per model and batch size (default 1)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to both runs")
     p.set_defaults(func=_demo)
 
@@ -67,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (matplotlib is an optional extra)")
     p.set_defaults(func=_sparsity)
+
+    p = sub.add_parser("prune", help="physically remove every exactly removable channel, verify, save")
+    p.add_argument("source", help="a run directory (its best.pt) or a model file saved by 'sparsemtl prune'")
+    p.add_argument("--out", required=True, help="output model file (.pt); a .json report is written next to it")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the run's image size)")
+    p.add_argument("--onnx", action="store_true", help="also export ONNX (checked with onnxruntime when installed)")
+    p.set_defaults(func=_prune)
+
+    p = sub.add_parser("bench", help="parameters, MACs and measured latency of models (BN folded)")
+    p.add_argument("models", nargs="+", help="run directories, run checkpoints or pruned model files")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the first model's)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model and batch size")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.set_defaults(func=_bench)
     return parser
 
 
@@ -74,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, NonFiniteLossError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, NonFiniteLossError, PruningVerificationError) as exc:
         print(f"sparsemtl: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -56,3 +56,14 @@ def test_patterns_select_modules_and_typos_are_errors():
 def test_grouped_but_not_depthwise_conv_is_rejected():
     with pytest.raises(ValueError, match="groups=2"):
         input_channels(nn.Sequential(nn.Conv2d(4, 8, 3, groups=2)), ["*"])
+
+
+def test_zero_groups_sets_exactly_the_selected_groups_to_zero():
+    model = net()
+    s = input_channels(model, ["*"])
+    mask = torch.zeros(s.num_groups, dtype=torch.bool)
+    mask[[0, 4, 12]] = True
+    s.zero_groups_(mask)
+    assert torch.equal(s.group_max_abs() == 0, mask)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        s.zero_groups_(torch.zeros(3, dtype=torch.bool))

@@ -53,6 +53,15 @@ class GroupStructure:
         tensors = [p.detach().abs().double().cpu() for p in self.params]
         return self.slices(tensors).group_amax(tensors)
 
+    @torch.no_grad()
+    def zero_groups_(self, mask: torch.Tensor) -> None:
+        """Set every slice of the groups selected by the boolean ``mask`` (num_groups,) to 0."""
+        if mask.shape != (self.num_groups,):
+            raise ValueError(f"mask must have shape ({self.num_groups},), got {tuple(mask.shape)}")
+        sl = self.slices()
+        for k, t in enumerate(sl.tensors):
+            t.mul_(sl.expand(k, (~mask.to(t.device)).to(t.dtype)))
+
     def to_spec(self, weights: torch.Tensor) -> dict:
         """Plain-data description (lists only) stored in an optimiser param group."""
         return {

@@ -194,7 +194,7 @@ class Trainer:
             self.loaders.train,
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not (self.cfg.train.progress and self.context.is_main),
+            disable=None if self.cfg.train.progress and self.context.is_main else True,  # None: off when not a TTY
         )
         for step, batch in enumerate(bar):
             loss, task_losses, weights = self._train_step(batch)
@@ -285,6 +285,13 @@ class Trainer:
         }
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record, allow_nan=True) + "\n")
+        if self.cfg.train.progress:
+            print(
+                f"epoch {epoch}/{self.cfg.train.epochs}: train loss {train['loss']:.4f}, "
+                f"val {self.monitor.name} {value:.4f}{' *' if improved else ''}, "
+                f"zero groups {report.zero_group_pct:.1f}%, {seconds:.0f} s",
+                flush=True,
+            )
 
     def _finish(self, epochs_run: int, stopper: EarlyStopping, seconds: float) -> dict[str, Any]:
         self.context.barrier()
