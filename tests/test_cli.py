@@ -58,3 +58,24 @@ def test_sparsity_command_prints_table_and_writes_json_and_png(tmp_path, capsys)
     assert (run / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sparsity", str(tmp_path / "nope")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_prune_and_bench_commands(tmp_path, capsys):
+    args = [*TINY, f"train.out_dir={tmp_path}", "train.epochs=1", "optim.lr=0.003"]
+    sparse = ["sparsity.penalty=group_lasso", "sparsity.lam=0.05", "sparsity.grouping=coupled"]
+    assert main(["train", *args, "train.name=s", *sparse]) == 0
+    capsys.readouterr()
+    out_file = tmp_path / "small.pt"
+    assert main(["prune", str(tmp_path / "s"), "--out", str(out_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "parameters" in printed and "MACs" in printed
+    report = json.loads(out_file.with_suffix(".json").read_text())
+    assert report["removed_channels"] > 0 and report["params_after"] < report["params_before"]
+    bench_json = tmp_path / "bench.json"
+    cmd = ["bench", str(tmp_path / "s"), str(out_file), "--batch", "1", "--min-run-time", "0.02"]
+    cmd += ["--json", str(bench_json)]
+    assert main(cmd) == 0
+    results = json.loads(bench_json.read_text())["results"]
+    assert [r["params"] for r in results] == [report["params_before"], report["params_after"]]
+    assert main(["prune", str(tmp_path / "missing"), "--out", str(out_file)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

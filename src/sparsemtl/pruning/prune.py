@@ -27,6 +27,7 @@ from ..data import build_dataset
 from ..evaluation.complexity import count_macs, count_parameters
 from ..reporting import format_table
 from ..runs import load_run
+from ..sparsity import build_grouping
 from ..sparsity.channels import ChannelRemovability, ChannelSet, channel_sets, dependency_graph, removable_channels
 from ..tasks.spec import TaskSpec
 from .export import export_onnx
@@ -52,6 +53,7 @@ class PruneResult:
     removable_channels: int
     removed_channels: int
     kept_dead_channels: int
+    zero_groups: dict[str, Any] = field(default_factory=dict)
     max_relative_error: dict[str, float] = field(default_factory=dict)
 
     def changed_widths(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -69,6 +71,7 @@ class PruneResult:
             "removable_channels": self.removable_channels,
             "removed_channels": self.removed_channels,
             "kept_dead_channels": self.kept_dead_channels,
+            "zero_groups": dict(self.zero_groups),
             "max_relative_error": dict(self.max_relative_error),
             "widths_before": self.widths_before,
             "widths_after": self.widths_after,
@@ -93,7 +96,12 @@ class PruneResult:
             [name, f"{b['in']}->{b['out']}", f"{a['in']}->{a['out']}"] for name, (b, a) in self.changed_widths().items()
         ]
         layers = format_table(["layer", "in->out before", "in->out after"], rows)
-        return f"{totals}\n(last column of 'channels removed': dead channels kept, one per dead set)\n\n{layers}"
+        found = ""
+        if self.zero_groups:
+            z = self.zero_groups
+            found = f"\nzero groups found: {z['zero']:,} of {z['groups']:,} ({z['grouping']} grouping)"
+        note = "(last column of 'channels removed': dead channels kept, one per dead set)"
+        return f"{totals}\n{note}{found}\n\n{layers}"
 
 
 def _ratio(before: int, after: int) -> float:
@@ -261,6 +269,9 @@ def prune_run(
     model, config, specs = _load_source(Path(run_dir_or_checkpoint))
     size = tuple(input_size or config.data.image_size)
     result = prune_model(model, torch.rand(1, 3, *size), input_size=size, check_inputs=[validation_images(config)])
+    structure = build_grouping(config.sparsity.grouping, model, config.sparsity.modules)
+    zero = int((structure.group_max_abs() == 0).sum())
+    result.zero_groups = {"grouping": config.sparsity.grouping, "groups": structure.num_groups, "zero": zero}
     out_path = Path(out_path)
     save_pruned(out_path, result.model, config, specs, changed_widths(result.model, config, specs))
     out_path.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=2))
