@@ -79,3 +79,24 @@ def test_prune_and_bench_commands(tmp_path, capsys):
     assert [r["params"] for r in results] == [report["params_before"], report["params_after"]]
     assert main(["prune", str(tmp_path / "missing"), "--out", str(out_file)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_train_runs_on_each_nyuv2_layout(tmp_path):
+    from tests.data.test_nyuv2 import make_mtan, make_nyud
+
+    roots = {
+        "nyud-mt": make_nyud(tmp_path / "nyud", [f"f{i}" for i in range(10)], ["t0", "t1", "t2"]),
+        "mtan": make_mtan(tmp_path / "mtan", 10, 3),
+    }
+    for layout, root in roots.items():
+        args = [o for o in TINY if not o.startswith("data.num_")] + [
+            f"train.out_dir={tmp_path}",
+            f"train.name={layout}",
+        ]
+        args += ["data.name=nyuv2", f"data.root={root}", "data.batch_size=4", "data.val_fraction=0.2", "train.epochs=1"]
+        assert main(["train", *args, "data.resize=true"]) == 0
+        summary = json.loads((tmp_path / layout / "summary.json").read_text())
+        assert set(summary["test"]["metrics"]) == {"segmentation", "depth", "normals"}
+        splits = json.loads((tmp_path / layout / "splits.json").read_text())
+        assert len(splits["train"]) == 8 and len(splits["val"]) == 2 and len(splits["test"]) == 3
+        assert not set(splits["train"]) & set(splits["val"])

@@ -26,6 +26,10 @@ class DataConfig:
 
     name: str = "synthetic-scenes"
     root: str | None = None
+    layout: str = "auto"
+    val_fraction: float = 0.1
+    skip_bad_samples: bool = False
+    resize: bool = False
     image_size: tuple[int, int] = (64, 64)
     num_train: int = 512
     num_val: int = 128
@@ -134,6 +138,7 @@ class Config:
 # Numeric range constraints, checked after type conversion: key -> (predicate, description).
 _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "data.num_train": (lambda v: v >= 1, "an integer >= 1"),
+    "data.val_fraction": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
     "data.num_val": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_test": (lambda v: v >= 1, "an integer >= 1"),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),

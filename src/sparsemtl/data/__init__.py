@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 from ..config import ConfigError, DataConfig
 from ..tasks.spec import TaskSpec
 from .cache import MaterializedDataset
+from .nyuv2 import NYUv2, build_nyuv2
 from .registry import DATASETS
 from .synthetic_faces import SyntheticFaces
 from .synthetic_scenes import SyntheticScenes
@@ -32,6 +33,7 @@ def _synthetic_builder(cls: type):
 
 DATASETS.register("synthetic-scenes", _synthetic_builder(SyntheticScenes))
 DATASETS.register("synthetic-faces", _synthetic_builder(SyntheticFaces))
+DATASETS.register("nyuv2", build_nyuv2)
 
 
 def build_dataset(cfg: DataConfig, split: str) -> Dataset:
@@ -59,6 +61,7 @@ def select_tasks(dataset: Dataset, tasks: tuple[str, ...] | list[str]) -> dict[s
 __all__ = [
     "DATASETS",
     "MaterializedDataset",
+    "NYUv2",
     "SPLITS",
     "SyntheticFaces",
     "SyntheticScenes",

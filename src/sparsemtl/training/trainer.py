@@ -58,6 +58,7 @@ class Trainer:
                 f"config key 'data.batch_size': {cfg.data.batch_size} is larger than the "
                 f"training split ({len(datasets['train'])} samples)"
             )
+        self.datasets = datasets
         self.specs = select_tasks(datasets["train"], cfg.tasks)
         self.loaders = self._build_loaders(datasets)
         self.model: MultiTaskModel = build_model(cfg.model, self.specs).to(self.device)
@@ -156,6 +157,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         (self.run_dir / "metrics.jsonl").write_text("")
+        ids = {split: list(ds.sample_ids) for split, ds in self.datasets.items() if hasattr(ds, "sample_ids")}
+        if ids:  # datasets with files: record exactly which samples each split used
+            (self.run_dir / "splits.json").write_text(json.dumps(ids))
 
     # ----------------------------------------------------------------------------- training
     def fit(self) -> dict[str, Any]:

@@ -1,0 +1,389 @@
+"""``nyuv2``: NYU-Depth-v2 for multi-task learning, read from either of two common on-disk layouts.
+
+* ``nyud-mt`` (ASTMT / MTL-PyTorch / ATRC / InvPT): ``images/<id>.jpg|.png``,
+  ``segmentation/<id>.png`` (0 = void, 1..40), ``depth/<id>.npy`` (metres, (H,W)),
+  ``normals/<id>.npy`` ((H,W,3)) or ``.png`` (decoded ``2v/255 - 1``) and
+  ``gt_sets/{train,val}.txt`` (opaque ids, one per line). 40 classes.
+* ``mtan`` (lorenmt/mtan, LibMTL): ``{train,val}/{image,label,depth,normal}/<i>.npy`` with ``i``
+  contiguous from 0; image (H,W,3) floats in [0,1], label (H,W) floats with -1 = void and
+  0..12 = classes, depth (H,W,1) metres, normal (H,W,3). 13 classes.
+
+In both layouts the official "val" list is the 654-frame **test** split; our ``val`` split is a
+seeded fraction carved out of the official train list (select epochs on it, report test once).
+
+Every sample follows the library format: ``image`` float32 (3,H,W) in [0,1], ``segmentation``
+int64 (H,W) with void = ``IGNORE_INDEX``, ``depth`` float32 (1,H,W) in metres with 0 = invalid,
+``normals`` float32 (3,H,W) unit vectors with all-zero = invalid. Only the files of the
+requested ``tasks`` are read, so a partial copy of the dataset is usable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..config import ConfigError, DataConfig
+from ..tasks.spec import IGNORE_INDEX, TaskSpec
+
+TASKS = ("segmentation", "depth", "normals")
+LAYOUTS = ("nyud-mt", "mtan")
+CLASS_NAMES_40 = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat",
+    "clothes", "ceiling", "books", "refridgerator", "television", "paper", "towel", "shower curtain", "box",
+    "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure",
+    "otherfurniture", "otherprop",
+)  # fmt: skip
+"""Gupta's 40 classes in ``classMapping40.mat:className`` order (spelling kept)."""
+CLASS_NAMES_13 = (
+    "bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture", "sofa", "table", "tv", "wall",
+    "window",
+)  # fmt: skip
+"""The 13 classes in ``class13Mapping.mat:classNames`` order (MTAN ids are these minus 1)."""
+LABELS13 = (12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7, 5, 7, 3, 2, 6, 11, 7, 7, 7, 7, 7, 7, 6, 7,
+            7, 7, 7, 7, 7, 6, 7)  # fmt: skip
+"""``class13Mapping.mat:labels13``: 1-based 40-class id -> 1-based 13-class id."""
+MIN_NORMAL_NORM = 0.5
+"""Normals shorter than this are invalid (zeroed); catches the grey (127,127,127) PNG fill."""
+
+_NYUD_DIRS = {"image": "images", "segmentation": "segmentation", "depth": "depth", "normals": "normals"}
+_NYUD_EXTS = {"image": (".jpg", ".png"), "segmentation": (".png",), "depth": (".npy",), "normals": (".npy", ".png")}
+_MTAN_DIRS = {"image": "image", "segmentation": "label", "depth": "depth", "normals": "normal"}
+
+
+class DataError(ValueError):
+    """A file of the dataset is missing, unreadable or inconsistent; the one-line message names it."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ---------------------------------------------------------------- layout detection and split lists
+
+
+def _layout_requirements(root: Path) -> dict[str, tuple[str, list[str]]]:
+    """Per layout: what it needs (for the message) and which of those are missing."""
+    nyud_missing = [p for p in ("images/", "gt_sets/train.txt") if not (root / p.rstrip("/")).exists()]
+    mtan_missing = [] if any((root / "train" / "image").glob("*.npy")) else ["train/image/*.npy"]
+    return {
+        "nyud-mt": ("NYUD-MT needs images/ and gt_sets/train.txt", nyud_missing),
+        "mtan": ("MTAN needs train/image/*.npy", mtan_missing),
+    }
+
+
+def detect_layout(root: str | Path, layout: str = "auto") -> str:
+    """``layout`` itself when forced and present, else the one layout whose files exist under ``root``."""
+    root = Path(root)
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ConfigError(f"config key 'data.layout': expected 'auto' or one of {', '.join(LAYOUTS)}, got {layout!r}")
+    needs = _layout_requirements(root)
+    candidates = LAYOUTS if layout == "auto" else (layout,)
+    found = [name for name in candidates if not needs[name][1]]
+    if len(found) > 1:
+        raise DataError(f"NYU-v2 root '{root}': matches both the NYUD-MT and MTAN layouts; set data.layout")
+    if not found:
+        parts = [f"{needs[n][0]} (missing: {', '.join(needs[n][1])})" for n in candidates]
+        raise DataError(f"NYU-v2 root '{root}': no supported layout: {'; '.join(parts)}")
+    return found[0]
+
+
+def _nyud_ids(root: Path, official: str) -> list[str]:
+    path = root / "gt_sets" / f"{official}.txt"
+    if not path.is_file():
+        raise DataError(f"{path}: missing split file")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: empty split file")
+    return ids
+
+
+def _mtan_ids(root: Path, official: str) -> list[str]:
+    folder = root / official / "image"
+    stems = [p.stem for p in folder.glob("*.npy")]
+    if not stems:
+        raise DataError(f"{folder}: empty split (no *.npy files)")
+    bad = sorted(s for s in stems if not s.isdigit())
+    if bad:
+        raise DataError(f"{folder / (bad[0] + '.npy')}: MTAN file names must be integers")
+    present = {int(s) for s in stems}
+    gaps = [i for i in range(len(present)) if i not in present]
+    if gaps:
+        raise DataError(f"{folder / f'{gaps[0]}.npy'}: missing; MTAN indices must be contiguous from 0")
+    return [str(i) for i in range(len(present))]
+
+
+def carve_validation(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded (train, val) partition of the official train ids, each keeping the file order."""
+    if len(ids) < 2:
+        raise DataError(f"cannot carve a validation split out of {len(ids)} training sample(s)")
+    num_val = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    chosen = set(np.random.default_rng(seed).permutation(len(ids))[:num_val].tolist())
+    train = [s for i, s in enumerate(ids) if i not in chosen]
+    val = [s for i, s in enumerate(ids) if i in chosen]
+    return train, val
+
+
+# ---------------------------------------------------------------- readers: file -> checked array
+
+
+def _read_pil(path: Path, mode: str | None) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert(mode) if mode else img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable .npy file ({_one_line(exc)})") from None
+
+
+def _check_shape(arr: np.ndarray, path: Path, channels: int | None, what: str) -> np.ndarray:
+    """``arr`` as (H,W) (``channels`` None) or (H,W,channels); a trailing singleton axis is dropped."""
+    if channels is None and arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    ok = arr.ndim == 2 if channels is None else (arr.ndim == 3 and arr.shape[-1] == channels)
+    if not ok:
+        want = "(H, W)" if channels is None else f"(H, W, {channels})"
+        raise DataError(f"{path}: {what} has shape {arr.shape}, expected {want}")
+    return arr
+
+
+def _check_finite(arr: np.ndarray, path: Path, what: str) -> None:
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: {what} contains NaN or inf")
+
+
+def _image(arr: np.ndarray, path: Path) -> np.ndarray:
+    """(H,W,3) float32 in [0,1]; 8-bit arrays are scaled, float arrays must already be in range."""
+    arr = _check_shape(arr, path, 3, "image")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    arr = arr.astype(np.float32)
+    _check_finite(arr, path, "image")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        raise DataError(f"{path}: image values span [{arr.min():g}, {arr.max():g}], expected [0, 1]")
+    return arr
+
+
+def _segmentation(arr: np.ndarray, path: Path, void: int, num_classes: int) -> np.ndarray:
+    """(H,W) int64 with ``void`` -> IGNORE_INDEX and ids shifted so classes are 0..num_classes-1."""
+    arr = _check_shape(arr, path, None, "label")
+    low = 0 if void == 0 else -1
+    high = low + num_classes
+    valid = np.isfinite(arr) & (arr == np.round(arr)) & (arr >= low) & (arr <= high)
+    if not valid.all():
+        bad = arr[~valid].flat[0]
+        raise DataError(f"{path}: class id {bad:g} out of range; expected integers {low}..{high} ({low} = void)")
+    labels = arr.astype(np.int64) - (1 if void == 0 else 0)
+    labels[labels < 0] = IGNORE_INDEX
+    return labels
+
+
+def _depth(arr: np.ndarray, path: Path) -> np.ndarray:
+    arr = _check_shape(arr, path, None, "depth").astype(np.float32)
+    _check_finite(arr, path, "depth")
+    if arr.min() < 0:
+        raise DataError(f"{path}: negative depth {arr.min():g}; expected metres with 0 = invalid")
+    return arr
+
+
+def _normals(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Unit vectors; ones shorter than MIN_NORMAL_NORM (zero fill, grey PNG fill) become all-zero."""
+    arr = _check_shape(arr, path, 3, "normals").astype(np.float32)
+    _check_finite(arr, path, "normals")
+    norm = np.linalg.norm(arr, axis=-1, keepdims=True)
+    valid = norm >= MIN_NORMAL_NORM
+    return np.where(valid, arr / np.where(valid, norm, 1.0), 0.0).astype(np.float32)
+
+
+def _stored_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header alone, without decoding the pixels."""
+    try:
+        if path.suffix == ".npy":
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[:2])
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+
+
+def _decode(modality: str, layout: str, path: Path) -> np.ndarray:
+    """Read one file and turn it into the checked array of the library convention."""
+    if modality == "image":
+        return _image(_read_npy(path) if path.suffix == ".npy" else _read_pil(path, "RGB"), path)
+    if modality == "segmentation":
+        if layout == "mtan":
+            return _segmentation(_read_npy(path), path, void=-1, num_classes=13)
+        return _segmentation(_read_pil(path, None), path, void=0, num_classes=40)
+    if modality == "depth":
+        return _depth(_read_npy(path), path)
+    if path.suffix == ".png":
+        return _normals(_read_pil(path, "RGB").astype(np.float32) * (2.0 / 255.0) - 1.0, path)
+    return _normals(_read_npy(path), path)
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+class NYUv2(Dataset):
+    """One split (``train``, ``val`` or ``test``) of NYU-Depth-v2 in the NYUD-MT or MTAN layout.
+
+    Loading is lazy: a bad file raises :class:`DataError` when its sample is read, except an
+    empty or missing split list, which fails at construction. With ``skip_bad_samples`` every
+    sample is read once at construction and bad ones are dropped and listed in ``skipped``.
+    ``sample_ids`` holds the ids actually served (record them to reproduce the split).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        layout: str = "auto",
+        tasks: tuple[str, ...] = TASKS,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        image_size: tuple[int, int] | None = None,
+        skip_bad_samples: bool = False,
+    ) -> None:
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ConfigError(f"config key 'tasks': NYU-v2 has no task {unknown[0]!r}; available: {', '.join(TASKS)}")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; expected one of train, val, test")
+        self.root = Path(root)
+        self.split = split
+        self.layout = detect_layout(self.root, layout)
+        self.tasks = tuple(tasks)
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self._official = "val" if split == "test" else "train"
+        list_ids = _mtan_ids if self.layout == "mtan" else _nyud_ids
+        ids = list_ids(self.root, self._official)
+        if split != "test":
+            ids = carve_validation(ids, val_fraction, seed)[split == "val"]
+        self.sample_ids: list[str] = ids
+        self.skipped: list[tuple[str, str]] = []
+        self._native_size: tuple[int, int] | None = None
+        if skip_bad_samples:
+            self._drop_bad_samples()
+
+    @property
+    def task_specs(self) -> dict[str, TaskSpec]:
+        """Specs of the loaded tasks: 40 classes for NYUD-MT, 13 for MTAN."""
+        names = CLASS_NAMES_13 if self.layout == "mtan" else CLASS_NAMES_40
+        specs = {
+            "segmentation": TaskSpec("segmentation", "segmentation", len(names), names),
+            "depth": TaskSpec("depth", "depth"),
+            "normals": TaskSpec("normals", "normals"),
+        }
+        return {t: specs[t] for t in self.tasks}
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self._load(self.sample_ids[index])
+        return _resize(sample, self.image_size) if self.image_size is not None else sample
+
+    def path(self, modality: str, sample_id: str) -> Path:
+        """The file holding ``modality`` ('image' or a task) of ``sample_id``; DataError if missing."""
+        if self.layout == "mtan":
+            candidates = [self.root / self._official / _MTAN_DIRS[modality] / f"{sample_id}.npy"]
+        else:
+            folder = self.root / _NYUD_DIRS[modality]
+            candidates = [folder / f"{sample_id}{ext}" for ext in _NYUD_EXTS[modality]]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        label = "image" if modality == "image" else f"{modality} label"
+        raise DataError(f"{' or '.join(str(c) for c in candidates)}: missing {label} file")
+
+    def _load(self, sample_id: str) -> dict[str, torch.Tensor]:
+        image_path = self.path("image", sample_id)
+        image = _decode("image", self.layout, image_path)
+        size = image.shape[:2]
+        if self.image_size is None and size != self._split_size():
+            raise DataError(
+                f"{image_path}: size {size[0]}x{size[1]} differs from the split's "
+                f"{self._split_size()[0]}x{self._split_size()[1]} (set data.resize to resize)"
+            )
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+        for task in self.tasks:
+            path = self.path(task, sample_id)
+            arr = _decode(task, self.layout, path)
+            if arr.shape[:2] != size:
+                raise DataError(f"{path}: {task} is {arr.shape[0]}x{arr.shape[1]} but its image is {size[0]}x{size[1]}")
+            sample[task] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr))
+        if "depth" in sample:
+            sample["depth"] = sample["depth"].unsqueeze(0)
+        return sample
+
+    def _split_size(self) -> tuple[int, int]:
+        """Native (H, W) every sample must share: that of the first (readable, when skipping) image."""
+        if self._native_size is None:
+            self._native_size = _stored_size(self.path("image", self.sample_ids[0]))
+        return self._native_size
+
+    def _drop_bad_samples(self) -> None:
+        """Read every sample once; keep the good ones, record (id, message) for the rest."""
+        good = []
+        for sample_id in self.sample_ids:
+            try:
+                if self.image_size is None and self._native_size is None:
+                    self._native_size = _stored_size(self.path("image", sample_id))
+                self._load(sample_id)
+            except DataError as exc:
+                self.skipped.append((sample_id, str(exc)))
+            else:
+                good.append(sample_id)
+        self.sample_ids = good
+        if self.skipped:
+            warnings.warn(
+                f"NYU-v2 {self.split}: skipped {len(self.skipped)} bad sample(s) of {len(good) + len(self.skipped)}; "
+                f"first: {self.skipped[0][1]}",
+                stacklevel=3,
+            )
+
+
+def _resize(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Image bilinear; labels, depth and normals nearest, so void/invalid pixels stay exactly invalid."""
+    out = {}
+    for name, value in sample.items():
+        batch = value.unsqueeze(0).unsqueeze(0) if value.ndim == 2 else value.unsqueeze(0)
+        if name == "image":
+            resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+        else:
+            resized = F.interpolate(batch.float(), size=size, mode="nearest").to(value.dtype)
+        out[name] = resized[0, 0] if value.ndim == 2 else resized[0]
+    return out
+
+
+def build_nyuv2(cfg: DataConfig, split: str, tasks: tuple[str, ...] = TASKS) -> NYUv2:
+    """NYU-v2 ``split`` from ``cfg.root``; reads all three tasks unless ``tasks`` narrows them.
+
+    Not wrapped in MaterializedDataset: the full-resolution split would not fit in memory.
+    """
+    if not cfg.root:
+        raise ConfigError("config key 'data.root': NYU-v2 needs the dataset folder, got null")
+    return NYUv2(
+        cfg.root,
+        split,
+        layout=cfg.layout,
+        tasks=tasks,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        image_size=tuple(cfg.image_size) if cfg.resize else None,
+        skip_bad_samples=cfg.skip_bad_samples,
+    )
