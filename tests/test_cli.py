@@ -100,3 +100,20 @@ def test_train_runs_on_each_nyuv2_layout(tmp_path):
         splits = json.loads((tmp_path / layout / "splits.json").read_text())
         assert len(splits["train"]) == 8 and len(splits["val"]) == 2 and len(splits["test"]) == 3
         assert not set(splits["train"]) & set(splits["val"])
+
+
+def test_prepare_celebamask_then_train_on_it(tmp_path, capsys):
+    from tests.data.test_celebamask import make_release
+
+    raw = make_release(tmp_path / "raw")
+    partition = tmp_path / "list_eval_partition.txt"  # two training images, so a batch of 2 fits
+    partition.write_text("000006.jpg 0\n162771.jpg 0\n162772.jpg 1\n182638.jpg 2\n")
+    out = tmp_path / "prepared"
+    cmd = ["prepare", "celebamask-hq", str(raw), "--out", str(out), "--size", "32", "--partition", str(partition)]
+    assert main(cmd) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    args = [o for o in TINY if not o.startswith("data.")] + ["data.image_size=[32,32]", f"train.out_dir={tmp_path}"]
+    args += ["data.name=celebamask-hq", f"data.root={out}", "data.batch_size=2", "data.eval_batch_size=2"]
+    assert main(["train", *args, "tasks=[segmentation,male,smiling]", "train.epochs=1", "train.name=c"]) == 0
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert set(summary["test"]["metrics"]) == {"segmentation", "male", "smiling"}

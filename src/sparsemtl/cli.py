@@ -52,6 +52,15 @@ def _bench(args: argparse.Namespace) -> None:
     print(bench_command(args.models, args.size, args.batch, args.device, args.threads, args.min_run_time, args.json))
 
 
+def _prepare_celebamask(args: argparse.Namespace) -> None:
+    from .data import prepare_celebamask
+
+    counts = prepare_celebamask(
+        Path(args.raw), Path(args.out), args.size, partition_file=args.partition, limit=args.limit, merged=args.merged
+    )
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsemtl", description="Parsimonious multi-task vision models with group sparsity."
@@ -86,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (matplotlib is an optional extra)")
     p.set_defaults(func=_sparsity)
+
+    p = sub.add_parser("prepare", help="convert a raw public dataset release into the layout sparsemtl reads")
+    prep = p.add_subparsers(dest="dataset", required=True)
+    c = prep.add_parser(
+        "celebamask-hq", help="merge CelebAMask-HQ part masks, map to 3 classes, read attributes, split"
+    )
+    c.add_argument("raw", help="the CelebAMask-HQ release folder (CelebA-HQ-img/, CelebAMask-HQ-mask-anno/, ...)")
+    c.add_argument("--out", required=True, help="output folder (use it as data.root with data.name=celebamask-hq)")
+    c.add_argument("--size", type=int, default=256, help="output side length (default 256)")
+    c.add_argument("--partition", default=None, help="CelebA list_eval_partition.txt for the official split")
+    c.add_argument("--merged", default=None, help="folder of already-merged 19-class maps (official order)")
+    c.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick check)")
+    c.set_defaults(func=_prepare_celebamask)
 
     p = sub.add_parser("prune", help="physically remove every exactly removable channel, verify, save")
     p.add_argument("source", help="a run directory (its best.pt) or a model file saved by 'sparsemtl prune'")

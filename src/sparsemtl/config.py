@@ -30,6 +30,8 @@ class DataConfig:
     val_fraction: float = 0.1
     skip_bad_samples: bool = False
     resize: bool = False
+    augment: bool = False
+    classes: int = 0
     image_size: tuple[int, int] = (64, 64)
     num_train: int = 512
     num_val: int = 128
@@ -115,6 +117,7 @@ class TrainConfig:
     progress: bool = True
     out_dir: str = "runs"
     name: str | None = None
+    baselines: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Config:
 _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "data.num_train": (lambda v: v >= 1, "an integer >= 1"),
     "data.val_fraction": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
+    "data.classes": (lambda v: v >= 0, "an integer >= 0 (0 = the dataset's default)"),
     "data.num_val": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_test": (lambda v: v >= 1, "an integer >= 1"),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),

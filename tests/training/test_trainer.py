@@ -142,3 +142,44 @@ def test_mixed_precision_path_runs_on_cpu(tiny_config):
         tiny_config("train.amp=bf16", "train.epochs=1", "tasks=[segmentation,depth]", "train.grad_clip=1.0")
     )
     assert summary["test"]["metrics"]["depth"]["abs_err"] == summary["test"]["metrics"]["depth"]["abs_err"]  # not NaN
+
+
+def test_training_with_augmentation_is_reproducible_and_changes_samples(tiny_config):
+    trainer = Trainer(tiny_config("data.augment=true", "train.epochs=1", "train.name=aug"))
+    train_set = trainer.datasets["train"]
+    raw = trainer.datasets["train"].dataset[0]
+    trainer.fit()
+    first = train_set[0]
+    train_set.set_epoch(1)
+    again = train_set[0]
+    assert all(torch.equal(first[k], again[k]) for k in first)  # same (seed, epoch, index): same sample
+    train_set.set_epoch(2)
+    assert any(not torch.equal(train_set[i]["image"], trainer.datasets["train"].dataset[i]["image"]) for i in range(8))
+    assert raw["image"].shape == first["image"].shape
+
+
+def test_multitask_delta_against_single_task_baselines(tiny_config, tmp_path):
+    for task in ("depth", "normals"):
+        train(tiny_config(f"tasks=[{task}]", "train.epochs=1", f"train.name=stl-{task}"))
+    baselines = f"{{depth: {tmp_path / 'stl-depth'}, normals: {tmp_path / 'stl-normals'}}}"
+    summary = train(
+        tiny_config("tasks=[depth,normals]", "train.epochs=1", "train.name=mtl", f"train.baselines={baselines}")
+    )
+    assert set(summary["delta"]) == {"delta_m", "delta_p", "delta_primary"}
+    for variant, sign in (("delta_m", "positive = worse"), ("delta_p", "positive = better")):
+        described = summary["delta"][variant]["describe"]  # tiny runs can have a 0 baseline (delta1)
+        assert sign in described or "undefined (depth/delta1: baseline is zero" in described
+    assert "positive = better" in summary["delta"]["delta_primary"]["describe"]
+    # hand check of delta_primary: depth rmse (lower is better) and normals mean angle (lower is better)
+    stl = {
+        t: json.loads((tmp_path / f"stl-{t}" / "summary.json").read_text())["test"]["metrics"][t]
+        for t in ("depth", "normals")
+    }
+    mtl = summary["test"]["metrics"]
+    expected = -50 * (
+        (mtl["depth"]["rmse"] - stl["depth"]["rmse"]) / stl["depth"]["rmse"]
+        + (mtl["normals"]["mean_angle"] - stl["normals"]["mean_angle"]) / stl["normals"]["mean_angle"]
+    )
+    assert summary["delta"]["delta_primary"]["value"] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="train.baselines"):
+        Trainer(tiny_config("tasks=[depth,normals]", f"train.baselines={{depth: {tmp_path / 'stl-depth'}}}"))

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 from ..config import ConfigError, DataConfig
 from ..tasks.spec import TaskSpec
 from .cache import MaterializedDataset
+from .celebamask import CelebAMaskHQ, build_celebamask, prepare_celebamask
 from .nyuv2 import NYUv2, build_nyuv2
 from .registry import DATASETS
 from .synthetic_faces import SyntheticFaces
@@ -34,6 +35,7 @@ def _synthetic_builder(cls: type):
 DATASETS.register("synthetic-scenes", _synthetic_builder(SyntheticScenes))
 DATASETS.register("synthetic-faces", _synthetic_builder(SyntheticFaces))
 DATASETS.register("nyuv2", build_nyuv2)
+DATASETS.register("celebamask-hq", build_celebamask)
 
 
 def build_dataset(cfg: DataConfig, split: str) -> Dataset:
@@ -60,12 +62,14 @@ def select_tasks(dataset: Dataset, tasks: tuple[str, ...] | list[str]) -> dict[s
 
 __all__ = [
     "DATASETS",
+    "CelebAMaskHQ",
     "MaterializedDataset",
     "NYUv2",
     "SPLITS",
     "SyntheticFaces",
     "SyntheticScenes",
     "build_dataset",
+    "prepare_celebamask",
     "select_tasks",
     "split_seed",
 ]

@@ -11,9 +11,9 @@ from .channels import ChannelRemovability, channel_sets, removable_channels
 from .groupings import GroupStructure, build_grouping
 
 
-@dataclass
-class LayerSparsity:
-    layer: str
+class _Percentages:
+    """Shared definition of the two sparsity percentages from the four counts."""
+
     groups: int
     zero_groups: int
     weights: int
@@ -29,7 +29,16 @@ class LayerSparsity:
 
 
 @dataclass
-class SparsityReport:
+class LayerSparsity(_Percentages):
+    layer: str
+    groups: int
+    zero_groups: int
+    weights: int
+    zero_weights: int
+
+
+@dataclass
+class SparsityReport(_Percentages):
     """Per-layer and overall counts. ``zero_weights`` counts weights inside zero groups only."""
 
     grouping: str
@@ -51,14 +60,6 @@ class SparsityReport:
     @property
     def zero_weights(self) -> int:
         return sum(layer.zero_weights for layer in self.layers)
-
-    @property
-    def zero_group_pct(self) -> float:
-        return 100.0 * self.zero_groups / self.groups if self.groups else 0.0
-
-    @property
-    def zero_weight_pct(self) -> float:
-        return 100.0 * self.zero_weights / self.weights if self.weights else 0.0
 
     @property
     def channels(self) -> int:

@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from ..config import Config, ConfigError
 from ..data import build_dataset, select_tasks
+from ..data.augment import AugmentedDataset, default_train_transform
+from ..evaluation.baselines import load_baselines, multitask_deltas
 from ..evaluation.evaluate import EvalResult, evaluate, task_loss_options
 from ..models import MultiTaskModel, build_model
 from ..runtime import autocast, init_process_context, seed_everything
@@ -58,8 +60,12 @@ class Trainer:
                 f"config key 'data.batch_size': {cfg.data.batch_size} is larger than the "
                 f"training split ({len(datasets['train'])} samples)"
             )
+        if cfg.data.augment:
+            kinds = {name: spec.kind for name, spec in datasets["train"].task_specs.items()}
+            datasets["train"] = AugmentedDataset(datasets["train"], default_train_transform(kinds), cfg.data.seed)
         self.datasets = datasets
         self.specs = select_tasks(datasets["train"], cfg.tasks)
+        self.baselines = load_baselines(cfg.train.baselines, self.specs)
         self.loaders = self._build_loaders(datasets)
         self.model: MultiTaskModel = build_model(cfg.model, self.specs).to(self.device)
         self.weighting = self._build_weighting().to(self.device)
@@ -191,6 +197,8 @@ class Trainer:
         sampler = self.loaders.train.sampler
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
+        if isinstance(self.datasets["train"], AugmentedDataset):
+            self.datasets["train"].set_epoch(epoch)  # fresh, reproducible augmentations per epoch
         totals = {name: 0.0 for name in self.specs}
         total_loss, count = 0.0, 0
         weights: dict[str, float] = {}
@@ -323,8 +331,13 @@ class Trainer:
             "world_size": self.context.world_size,
             "note": "val and test are both evaluated with the best checkpoint (selected on val)",
         }
+        if self.baselines:
+            summary["delta"] = multitask_deltas(test.metrics, self.baselines, self.specs)
+            summary["baselines"] = dict(self.cfg.train.baselines)
         if self.context.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+            if self.cfg.train.progress and self.baselines:
+                print("\n".join(d["describe"] for d in summary["delta"].values()), flush=True)
         return summary
 
 
