@@ -84,7 +84,21 @@ def test_null_and_dict_values():
 def test_every_shipped_config_validates():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
     assert len(configs) >= 5
     for path in configs:
         load_config(path)
+
+
+def test_base_inheritance_merges_sections_and_detects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.5\n  eps: 1.0e-6\ntrain:\n  epochs: 7\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\noptim:\n  lr: 0.1\ntasks: [depth]\n")
+    cfg = load_config(tmp_path / "child.yaml", ["train.epochs=9"])
+    assert cfg.optim.lr == 0.1 and cfg.optim.eps == 1e-6 and cfg.train.epochs == 9 and cfg.tasks == ("depth",)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml' does not exist"):
+        load_config(tmp_path / "c.yaml")
