@@ -339,3 +339,11 @@ def test_real_labels13_mapping_matches_ankurhanda(real_nyud: Path) -> None:
             Image.open(NYU_SAMPLES / "ankurhanda-class13" / "test" / f"new_nyu_class13_{frame:0>4}.png")
         )
         assert np.array_equal(labels13, reference)
+
+
+def test_builder_resizes_evaluation_images_only_so_metrics_use_label_resolution(nyud: Path) -> None:
+    cfg = DataConfig(name="nyuv2", root=str(nyud), resize=True, image_size=(16, 16))
+    train, test = build_nyuv2(cfg, "train")[0], build_nyuv2(cfg, "test")[0]
+    assert train["image"].shape[-2:] == train["depth"].shape[-2:] == (16, 16)
+    assert test["image"].shape[-2:] == (16, 16)
+    assert test["segmentation"].shape == SIZE and test["depth"].shape[-2:] == SIZE

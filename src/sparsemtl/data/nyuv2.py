@@ -256,6 +256,7 @@ class NYUv2(Dataset):
         val_fraction: float = 0.1,
         seed: int = 0,
         image_size: tuple[int, int] | None = None,
+        resize_targets: bool = True,
         skip_bad_samples: bool = False,
     ) -> None:
         unknown = [t for t in tasks if t not in TASKS]
@@ -268,6 +269,7 @@ class NYUv2(Dataset):
         self.layout = detect_layout(self.root, layout)
         self.tasks = tuple(tasks)
         self.image_size = tuple(image_size) if image_size is not None else None
+        self.resize_targets = resize_targets
         self._official = "val" if split == "test" else "train"
         list_ids = _mtan_ids if self.layout == "mtan" else _nyud_ids
         ids = list_ids(self.root, self._official)
@@ -295,7 +297,7 @@ class NYUv2(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self._load(self.sample_ids[index])
-        return _resize(sample, self.image_size) if self.image_size is not None else sample
+        return _resize(sample, self.image_size, self.resize_targets) if self.image_size is not None else sample
 
     def path(self, modality: str, sample_id: str) -> Path:
         """The file holding ``modality`` ('image' or a task) of ``sample_id``; DataError if missing."""
@@ -314,7 +316,7 @@ class NYUv2(Dataset):
         image_path = self.path("image", sample_id)
         image = _decode("image", self.layout, image_path)
         size = image.shape[:2]
-        if self.image_size is None and size != self._split_size():
+        if (self.image_size is None or not self.resize_targets) and size != self._split_size():
             raise DataError(
                 f"{image_path}: size {size[0]}x{size[1]} differs from the split's "
                 f"{self._split_size()[0]}x{self._split_size()[1]} (set data.resize to resize)"
@@ -357,10 +359,14 @@ class NYUv2(Dataset):
             )
 
 
-def _resize(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Image bilinear; labels, depth and normals nearest, so void/invalid pixels stay exactly invalid."""
+def _resize(sample: dict[str, torch.Tensor], size: tuple[int, int], targets: bool = True) -> dict[str, torch.Tensor]:
+    """Image bilinear; labels, depth and normals nearest (only with ``targets``), so void/invalid
+    pixels stay exactly invalid."""
     out = {}
     for name, value in sample.items():
+        if name != "image" and not targets:
+            out[name] = value
+            continue
         batch = value.unsqueeze(0).unsqueeze(0) if value.ndim == 2 else value.unsqueeze(0)
         if name == "image":
             resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
@@ -373,7 +379,10 @@ def _resize(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str,
 def build_nyuv2(cfg: DataConfig, split: str, tasks: tuple[str, ...] = TASKS) -> NYUv2:
     """NYU-v2 ``split`` from ``cfg.root``; reads all three tasks unless ``tasks`` narrows them.
 
-    Not wrapped in MaterializedDataset: the full-resolution split would not fit in memory.
+    With ``data.resize`` the training split is resized entirely, while val and test resize only the
+    image: their labels stay at native resolution, so metrics are computed at label resolution
+    (predictions are upsampled to the label size). Not wrapped in MaterializedDataset: the
+    full-resolution split would not fit in memory.
     """
     if not cfg.root:
         raise ConfigError("config key 'data.root': NYU-v2 needs the dataset folder, got null")
@@ -385,5 +394,6 @@ def build_nyuv2(cfg: DataConfig, split: str, tasks: tuple[str, ...] = TASKS) -> 
         val_fraction=cfg.val_fraction,
         seed=cfg.seed,
         image_size=tuple(cfg.image_size) if cfg.resize else None,
+        resize_targets=split == "train",
         skip_bad_samples=cfg.skip_bad_samples,
     )

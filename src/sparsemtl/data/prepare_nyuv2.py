@@ -141,7 +141,7 @@ def load_splits(meta_dir: Path, num_frames: int | None = None) -> tuple[list[int
 
 def _check_labeled(h5, path: Path) -> int:
     for key in ("images", "depths", "labels"):
-        if key not in h5:
+        if key not in h5 or not hasattr(h5[key], "shape"):
             raise DataError(f"{path}: missing dataset '{key}' (found: {', '.join(sorted(h5.keys())) or 'none'})")
     images, depths, labels = h5["images"], h5["depths"], h5["labels"]
     if len(images.shape) != 4 or images.shape[1] != 3:
@@ -221,9 +221,9 @@ def prepare_nyuv2(
     if classes not in (40, 13):
         raise ValueError(f"classes must be 40 or 13, got {classes!r}")
     if size is not None:
-        size = (int(size[0]), int(size[1]))
-        if len(size) != 2 or min(size) < 1:
+        if len(size) != 2 or min(int(v) for v in size) < 1:
             raise ValueError(f"size must be (H, W) with positive entries, got {size!r}")
+        size = (int(size[0]), int(size[1]))
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     if not labeled_mat.is_file():
