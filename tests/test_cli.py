@@ -132,3 +132,17 @@ def test_paper_config_runs_with_small_overrides(tmp_path):
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     settings = summary["sparsity"]["settings"]
     assert settings["lam"] == 1e-5 and settings["penalty"] == "group_lasso"
+
+
+def test_prepare_nyuv2_command_then_train_with_13_classes(tmp_path):
+    from tests.data.test_prepare_nyuv2 import _frames, _write_labeled, _write_meta
+
+    mat = _write_labeled(tmp_path / "labeled.mat", *_frames())
+    meta = _write_meta(tmp_path / "meta")
+    out = tmp_path / "nyud13"
+    assert main(["prepare", "nyuv2", str(mat), "--meta", str(meta), "--out", str(out), "--classes", "13"]) == 0
+    args = [o for o in TINY if not o.startswith("data.")] + ["data.name=nyuv2", f"data.root={out}", "data.classes=13"]
+    args += ["data.resize=true", "data.image_size=[16,16]", "data.batch_size=2", "data.val_fraction=0.34"]
+    assert main(["train", *args, "tasks=[segmentation,depth]", f"train.out_dir={tmp_path}", "train.name=n13"]) == 0
+    summary = json.loads((tmp_path / "n13" / "summary.json").read_text())
+    assert "miou" in summary["test"]["metrics"]["segmentation"]

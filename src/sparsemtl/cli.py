@@ -61,6 +61,23 @@ def _prepare_celebamask(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+def _prepare_nyuv2(args: argparse.Namespace) -> None:
+    from .data.prepare_nyuv2 import prepare_nyuv2
+
+    size = tuple(args.size) if args.size else None
+    info = prepare_nyuv2(
+        Path(args.labeled_mat),
+        Path(args.meta),
+        Path(args.out),
+        size=size,
+        classes=args.classes,
+        normals_dir=Path(args.normals) if args.normals else None,
+        crop_border=args.crop_border,
+        limit=args.limit,
+    )
+    print(f"wrote {args.out}: train {info['train']}, val (official test) {info['val']}, {info['classes']} classes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsemtl", description="Parsimonious multi-task vision models with group sparsity."
@@ -108,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--merged", default=None, help="folder of already-merged 19-class maps (official order)")
     c.add_argument("--limit", type=int, default=None, help="only the first N images (for a quick check)")
     c.set_defaults(func=_prepare_celebamask)
+    n = prep.add_parser("nyuv2", help="official nyu_depth_v2_labeled.mat -> NYUD-MT layout (needs sparsemtl[nyu])")
+    n.add_argument("labeled_mat", help="nyu_depth_v2_labeled.mat (MATLAB v7.3 / HDF5)")
+    n.add_argument("--meta", required=True, help="folder with splits.mat, classMapping40.mat, class13Mapping.mat")
+    n.add_argument("--out", required=True, help="output folder (use it as data.root with data.name=nyuv2)")
+    n.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize (default: keep 480x640)")
+    n.add_argument("--classes", type=int, choices=(40, 13), default=40, help="label space (default 40)")
+    n.add_argument("--normals", default=None, help="folder of per-frame normals (<id>.npy or .png) to include")
+    n.add_argument("--crop-border", action="store_true", help="crop the white border (toolbox 427x561 window)")
+    n.add_argument("--limit", type=int, default=None, help="only the first N frames of each split")
+    n.set_defaults(func=_prepare_nyuv2)
 
     p = sub.add_parser("prune", help="physically remove every exactly removable channel, verify, save")
     p.add_argument("source", help="a run directory (its best.pt) or a model file saved by 'sparsemtl prune'")

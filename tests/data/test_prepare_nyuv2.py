@@ -39,13 +39,9 @@ def _frames(n: int = N, h: int = H, w: int = W, seed: int = 0):
     return images, depths, labels
 
 
-def _write_labeled(path: Path, images, depths, labels, **override) -> Path:
-    """Store (N,H,W,...) arrays the way MATLAB v7.3 does: column-major, W before H."""
-    data = {
-        "images": images.transpose(0, 3, 2, 1),
-        "depths": depths.transpose(0, 2, 1),
-        "labels": labels.transpose(0, 2, 1),
-    }
+def _write_labeled(path: Path, img, dep, lab, /, **override) -> Path:
+    """Store (N,H,W,...) arrays the way MATLAB v7.3 does: column-major, W before H; ``override`` stores as given."""
+    data = {"images": img.transpose(0, 3, 2, 1), "depths": dep.transpose(0, 2, 1), "labels": lab.transpose(0, 2, 1)}
     data.update(override)
     with h5py.File(path, "w") as f:
         for key, arr in data.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from torch.utils.data import Dataset
 
@@ -23,7 +25,7 @@ def split_seed(seed: int, split: str) -> int:
 
 
 def _synthetic_builder(cls: type):
-    def build(cfg: DataConfig, split: str) -> Dataset:
+    def build(cfg: DataConfig, split: str, tasks: Sequence[str] | None = None) -> Dataset:
         size = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}[split]
         dataset = cls(size, tuple(cfg.image_size), seed=split_seed(cfg.seed, split))
         return MaterializedDataset(dataset) if cfg.cache else dataset
@@ -38,15 +40,16 @@ DATASETS.register("nyuv2", build_nyuv2)
 DATASETS.register("celebamask-hq", build_celebamask)
 
 
-def build_dataset(cfg: DataConfig, split: str) -> Dataset:
-    """The ``split`` ('train', 'val' or 'test') of the configured dataset."""
+def build_dataset(cfg: DataConfig, split: str, tasks: Sequence[str] | None = None) -> Dataset:
+    """The ``split`` ('train', 'val' or 'test') of the configured dataset; ``tasks`` (default: all
+    the dataset has) lets file-based datasets read only the files those tasks need."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     try:
         builder = DATASETS.get(cfg.name)
     except KeyError as exc:
         raise ConfigError(f"config key 'data.name': {exc.args[0]}") from None
-    return builder(cfg, split)
+    return builder(cfg, split, tasks=tuple(tasks) if tasks is not None else None)
 
 
 def select_tasks(dataset: Dataset, tasks: tuple[str, ...] | list[str]) -> dict[str, TaskSpec]:

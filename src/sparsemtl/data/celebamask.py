@@ -445,11 +445,14 @@ class CelebAMaskHQ(Dataset):
             )
 
 
-def build_celebamask(cfg: DataConfig, split: str, attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES) -> CelebAMaskHQ:
+def build_celebamask(
+    cfg: DataConfig, split: str, tasks: tuple[str, ...] | None = None, attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
+) -> CelebAMaskHQ:
     """CelebAMask-HQ ``split`` from a prepared ``cfg.root``; ``data.classes`` 3 (seed paper,
     the default) or 19.
 
-    All four seed-paper attributes are loaded by default so ``tasks`` can pick any of them.
+    All four seed-paper attributes are loaded (they all live in one small JSON file), so ``tasks``
+    can pick any of them; ``tasks`` is not needed to choose files.
     """
     classes = cfg.classes or 3
     if classes not in (3, 19):

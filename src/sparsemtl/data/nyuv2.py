@@ -219,14 +219,14 @@ def _stored_size(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
 
 
-def _decode(modality: str, layout: str, path: Path) -> np.ndarray:
+def _decode(modality: str, layout: str, path: Path, num_classes: int = 40) -> np.ndarray:
     """Read one file and turn it into the checked array of the library convention."""
     if modality == "image":
         return _image(_read_npy(path) if path.suffix == ".npy" else _read_pil(path, "RGB"), path)
     if modality == "segmentation":
         if layout == "mtan":
             return _segmentation(_read_npy(path), path, void=-1, num_classes=13)
-        return _segmentation(_read_pil(path, None), path, void=0, num_classes=40)
+        return _segmentation(_read_pil(path, None), path, void=0, num_classes=num_classes)
     if modality == "depth":
         return _depth(_read_npy(path), path)
     if path.suffix == ".png":
@@ -257,6 +257,7 @@ class NYUv2(Dataset):
         seed: int = 0,
         image_size: tuple[int, int] | None = None,
         resize_targets: bool = True,
+        classes: int | None = None,
         skip_bad_samples: bool = False,
     ) -> None:
         unknown = [t for t in tasks if t not in TASKS]
@@ -270,6 +271,9 @@ class NYUv2(Dataset):
         self.tasks = tuple(tasks)
         self.image_size = tuple(image_size) if image_size is not None else None
         self.resize_targets = resize_targets
+        if classes not in (None, 13, 40):
+            raise ConfigError(f"config key 'data.classes': NYU-v2 has 40 or 13 classes, got {classes}")
+        self.classes = classes
         self._official = "val" if split == "test" else "train"
         list_ids = _mtan_ids if self.layout == "mtan" else _nyud_ids
         ids = list_ids(self.root, self._official)
@@ -283,8 +287,9 @@ class NYUv2(Dataset):
 
     @property
     def task_specs(self) -> dict[str, TaskSpec]:
-        """Specs of the loaded tasks: 40 classes for NYUD-MT, 13 for MTAN."""
-        names = CLASS_NAMES_13 if self.layout == "mtan" else CLASS_NAMES_40
+        """Specs of the loaded tasks: 40 classes for NYUD-MT (13 for a 13-class NYUD-MT tree written by
+        ``prepare nyuv2 --classes 13``, with ``classes=13``), 13 for MTAN."""
+        names = CLASS_NAMES_13 if self.layout == "mtan" or self.classes == 13 else CLASS_NAMES_40
         specs = {
             "segmentation": TaskSpec("segmentation", "segmentation", len(names), names),
             "depth": TaskSpec("depth", "depth"),
@@ -324,7 +329,12 @@ class NYUv2(Dataset):
         sample = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
         for task in self.tasks:
             path = self.path(task, sample_id)
-            arr = _decode(task, self.layout, path)
+            arr = _decode(
+                task,
+                self.layout,
+                path,
+                len(self.task_specs["segmentation"].class_names) if task == "segmentation" else 40,
+            )
             if arr.shape[:2] != size:
                 raise DataError(f"{path}: {task} is {arr.shape[0]}x{arr.shape[1]} but its image is {size[0]}x{size[1]}")
             sample[task] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr))
@@ -376,7 +386,7 @@ def _resize(sample: dict[str, torch.Tensor], size: tuple[int, int], targets: boo
     return out
 
 
-def build_nyuv2(cfg: DataConfig, split: str, tasks: tuple[str, ...] = TASKS) -> NYUv2:
+def build_nyuv2(cfg: DataConfig, split: str, tasks: tuple[str, ...] | None = None) -> NYUv2:
     """NYU-v2 ``split`` from ``cfg.root``; reads all three tasks unless ``tasks`` narrows them.
 
     With ``data.resize`` the training split is resized entirely, while val and test resize only the
@@ -390,10 +400,11 @@ def build_nyuv2(cfg: DataConfig, split: str, tasks: tuple[str, ...] = TASKS) -> 
         cfg.root,
         split,
         layout=cfg.layout,
-        tasks=tasks,
+        tasks=TASKS if tasks is None else tuple(tasks),
         val_fraction=cfg.val_fraction,
         seed=cfg.seed,
         image_size=tuple(cfg.image_size) if cfg.resize else None,
         resize_targets=split == "train",
+        classes=cfg.classes or None,
         skip_bad_samples=cfg.skip_bad_samples,
     )

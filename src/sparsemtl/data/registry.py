@@ -1,4 +1,4 @@
-"""Registry of dataset builders: ``builder(cfg: DataConfig, split: str) -> Dataset``."""
+"""Registry of dataset builders: ``builder(cfg: DataConfig, split: str, tasks=None) -> Dataset``."""
 
 from __future__ import annotations
 

@@ -250,7 +250,7 @@ def _load_source(source: Path) -> tuple[nn.Module, Config, dict[str, TaskSpec]]:
 
 def validation_images(config: Config, count: int = 4) -> torch.Tensor:
     """The first ``count`` images of the run's validation split, as one batch."""
-    dataset = build_dataset(config.data, "val")
+    dataset = build_dataset(config.data, "val", config.tasks)
     return torch.stack([dataset[i]["image"] for i in range(min(count, len(dataset)))])
 
 

@@ -54,7 +54,7 @@ class Trainer:
         self.cfg = cfg
         self.context, self.device = init_process_context(cfg.train.device)
         seed_everything(cfg.train.seed, cfg.train.deterministic)
-        datasets = {split: build_dataset(cfg.data, split) for split in ("train", "val", "test")}
+        datasets = {split: build_dataset(cfg.data, split, cfg.tasks) for split in ("train", "val", "test")}
         if len(datasets["train"]) < cfg.data.batch_size * self.context.world_size:
             raise ConfigError(
                 f"config key 'data.batch_size': {cfg.data.batch_size} is larger than the "
