@@ -108,6 +108,7 @@ class TrainConfig:
 
     epochs: int = 10
     patience: int = 0
+    task_patience: int = 0
     monitor: str = "loss"
     device: str = "auto"
     amp: Literal["none", "fp16", "bf16"] = "none"
@@ -170,6 +171,7 @@ _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "loss.label_smoothing": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.patience": (lambda v: v >= 0, "an integer >= 0 (0 disables early stopping)"),
+    "train.task_patience": (lambda v: v >= 0, "an integer >= 0 (0 disables per-task early stopping)"),
     "train.grad_clip": (lambda v: v >= 0.0, "a number >= 0 (0 disables clipping)"),
     "tasks": (lambda v: len(v) >= 1 and len(set(v)) == len(v), "a non-empty list of distinct task names"),
 }

@@ -107,3 +107,20 @@ def test_uncertainty_log_variances_are_learned() -> None:
     assert log_vars[1].item() == pytest.approx(0.0, abs=0.3)
     assert weights["clean"] > 20 * weights["noisy"]
     assert weights["clean"] == pytest.approx(math.exp(-log_vars[0].item()), rel=0.1)
+
+
+def test_active_subset_drops_tasks_from_the_total_and_the_uncertainty_penalty() -> None:
+    weighting = UncertaintyWeighting(["a", "b", "c"])
+    with torch.no_grad():
+        weighting.log_vars.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    losses = {"a": torch.tensor(2.0), "c": torch.tensor(3.0)}
+    total, weights = weighting(losses, active=["c", "a"])
+    expected = 2.0 * math.exp(-0.0) + 0.0 + 3.0 * math.exp(-2.0) + 2.0  # b contributes nothing
+    assert total.item() == pytest.approx(expected)
+    assert set(weights) == {"a", "c"}
+    total.backward()
+    assert weighting.log_vars.grad[1] == 0.0
+    with pytest.raises(ValueError, match="missing"):
+        weighting({"a": torch.tensor(1.0)}, active=["a", "c"])
+    with pytest.raises(ValueError, match="non-empty subset"):
+        weighting({"z": torch.tensor(1.0)}, active=["z"])

@@ -183,3 +183,29 @@ def test_multitask_delta_against_single_task_baselines(tiny_config, tmp_path):
     assert summary["delta"]["delta_primary"]["value"] == pytest.approx(expected)
     with pytest.raises(ConfigError, match="train.baselines"):
         Trainer(tiny_config("tasks=[depth,normals]", f"train.baselines={{depth: {tmp_path / 'stl-depth'}}}"))
+
+
+def test_per_task_early_stopping_freezes_the_stalled_head_only(tiny_config):
+    trainer = Trainer(tiny_config("train.task_patience=1", "train.epochs=5", "tasks=[depth,normals]"))
+    evaluate, snapshots = trainer.evaluate, []
+
+    def forced(split):  # depth's validation loss never improves, normals' always does
+        result = evaluate(split)
+        snapshots.append({k: v.clone() for k, v in trainer.model.heads["depth"].state_dict().items()})
+        result.losses["depth"] = 1.0
+        result.losses["normals"] = 1.0 / len(snapshots)
+        return result
+
+    trainer.evaluate = forced
+    log_var_before = trainer.weighting.log_vars.detach().clone()
+    summary = trainer.fit()
+    lines = read_lines(trainer.run_dir)
+    assert [r["frozen_tasks"] for r in lines] == [[], ["depth"], ["depth"], ["depth"], ["depth"]]
+    assert summary["frozen_tasks"] == ["depth"]
+    # frozen after the epoch-2 validation: the depth head (weights and BN statistics) no longer changes
+    final = load_checkpoint(trainer.run_dir / "last.pt")["model"]
+    assert all(torch.equal(final[f"heads.depth.{k}"], v) for k, v in snapshots[1].items())
+    assert not all(torch.equal(snapshots[0][k], v) for k, v in snapshots[1].items())  # it trained before
+    assert all(p.requires_grad is False for p in trainer.model.heads["depth"].parameters())
+    assert all(p.requires_grad for p in trainer.model.heads["normals"].parameters())
+    assert trainer.weighting.log_vars[1] != log_var_before[1]

@@ -43,26 +43,38 @@ class LossWeighting(nn.Module, ABC):
     def task_weights(self) -> Tensor:
         """Current weight per task, in ``task_names`` order."""
 
-    def penalty(self) -> Tensor:
-        """Additive term of the total loss (zero unless the strategy regularises itself)."""
+    def penalty(self, active: Tensor) -> Tensor:
+        """Additive term of the total loss for the ``active`` tasks (bool mask in ``task_names``
+        order); zero unless the strategy regularises itself."""
         return torch.zeros(())
 
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Weighted total loss and each task's current weight (plain floats, for logging)."""
-        stacked = self._stack(losses)
-        weights = self.task_weights().to(device=stacked.device, dtype=stacked.dtype)
-        total = (weights * stacked).sum() + self.penalty().to(stacked.device, stacked.dtype)
-        return total, dict(zip(self.task_names, weights.detach().cpu().tolist()))
+    def forward(
+        self, losses: Mapping[str, Tensor], active: Sequence[str] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Weighted total loss and each task's current weight (plain floats, for logging).
 
-    def _stack(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """Scalar losses in ``task_names`` order; a different task set is a ValueError."""
-        missing, unknown = _mismatch(self.task_names, losses)
+        ``active`` (default: every task) names the tasks still trained, e.g. after per-task early
+        stopping; ``losses`` must hold exactly those tasks.
+        """
+        names = self.task_names if active is None else [n for n in self.task_names if n in set(active)]
+        unknown_active = sorted(set(active or ()) - set(self.task_names))
+        if not names or unknown_active:
+            raise ValueError(f"active tasks must be a non-empty subset of {self.task_names}, got {list(active or [])}")
+        stacked = self._stack(losses, names)
+        mask = torch.tensor([n in names for n in self.task_names])
+        weights = self.task_weights().to(device=stacked.device, dtype=stacked.dtype)[mask.to(stacked.device)]
+        total = (weights * stacked).sum() + self.penalty(mask).to(stacked.device, stacked.dtype)
+        return total, dict(zip(names, weights.detach().cpu().tolist()))
+
+    def _stack(self, losses: Mapping[str, Tensor], names: list[str]) -> Tensor:
+        """Scalar losses in ``names`` order; a different task set is a ValueError."""
+        missing, unknown = _mismatch(names, losses)
         if missing or unknown:
-            raise ValueError(f"loss weighting expects tasks {self.task_names}; missing {missing}, unexpected {unknown}")
-        for name in self.task_names:
+            raise ValueError(f"loss weighting expects tasks {names}; missing {missing}, unexpected {unknown}")
+        for name in names:
             if losses[name].dim() != 0:
                 raise ValueError(f"loss of task {name!r} must be a scalar, got shape {tuple(losses[name].shape)}")
-        return torch.stack([losses[name] for name in self.task_names])
+        return torch.stack([losses[name] for name in names])
 
 
 @WEIGHTINGS.register("equal")
@@ -110,8 +122,8 @@ class UncertaintyWeighting(LossWeighting):
     def task_weights(self) -> Tensor:
         return torch.exp(-self.log_vars)
 
-    def penalty(self) -> Tensor:
-        return self.log_vars.sum()
+    def penalty(self, active: Tensor) -> Tensor:
+        return self.log_vars[active.to(self.log_vars.device)].sum()
 
 
 def build_weighting(name: str, task_names: Sequence[str], **options: object) -> LossWeighting:

@@ -74,6 +74,11 @@ class Trainer:
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.train.epochs)
         self.penalty_scheduler = PenaltyScheduler(self.optimizer, cfg.sparsity.warmup_epochs, cfg.sparsity.ramp_epochs)
         self.monitor = Monitor.parse(cfg.train.monitor, self.specs)
+        # The seed's per-task early stopping: a task whose validation loss stalls for
+        # `task_patience` epochs leaves the total loss and its head is frozen.
+        patience = cfg.train.task_patience
+        self.task_stoppers = {t: EarlyStopping(patience, False) for t in self.specs} if patience > 0 else {}
+        self.frozen: list[str] = []
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.net = (
             DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -181,6 +186,7 @@ class Trainer:
             val = self.evaluate("val")
             value = self.monitor.value(val)
             improved = stopper.update(value)
+            self._stop_stalled_tasks(val)
             if improved and self.context.is_main:
                 self._save("best.pt", epoch, value, full=False)
             if self.context.is_main:
@@ -188,12 +194,14 @@ class Trainer:
             self._step_scheduler(value)
             if self.context.is_main:
                 self._log_epoch(epoch, lam, train_stats, val, value, improved, time.perf_counter() - t0)
-            if stopper.should_stop:
+            if stopper.should_stop or len(self.frozen) == len(self.specs):
                 break
         return self._finish(epoch, stopper, time.perf_counter() - start)
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self.net.train()
+        for task in self.frozen:  # frozen heads keep their BatchNorm statistics too
+            self.model.heads[task].eval()
         sampler = self.loaders.train.sampler
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -226,16 +234,32 @@ class Trainer:
             "task_weights": weights,
         }
 
+    def _stop_stalled_tasks(self, val: EvalResult) -> None:
+        """Freeze the head of every task whose validation loss stopped improving."""
+        for task, task_stopper in self.task_stoppers.items():
+            if task in self.frozen:
+                continue
+            task_stopper.update(val.losses[task])
+            if task_stopper.should_stop:
+                for p in self.model.heads[task].parameters():
+                    p.requires_grad_(False)
+                self.frozen.append(task)
+        if self.frozen and self.context.distributed:  # DDP must not wait for gradients of frozen heads
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+
     def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float], dict[str, float]]:
         images = batch["image"].to(self.device, non_blocking=True)
         with autocast(self.device, self.cfg.train.amp):
             outputs = self.net(images)
         losses = {}
         for name, spec in self.specs.items():
+            if name in self.frozen:
+                continue
             target = batch[name].to(self.device, non_blocking=True)
             options = task_loss_options(spec, self.cfg.loss.label_smoothing)
             losses[name] = get_task(spec.kind).loss(outputs[name].float(), target, spec, **options)
-        total, weights = self.weighting(losses)
+        total, weights = self.weighting(losses, active=list(losses))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.train.grad_clip > 0:
@@ -292,6 +316,7 @@ class Trainer:
             "train": train,
             "val": val.to_dict(),
             "monitor": {"name": self.monitor.name, "value": value, "improved": improved},
+            "frozen_tasks": list(self.frozen),
             "sparsity": report.summary(),
             "seconds": seconds,
         }
@@ -318,6 +343,7 @@ class Trainer:
         summary = {
             "run_dir": str(self.run_dir),
             "tasks": list(self.specs),
+            "frozen_tasks": list(self.frozen),
             "best_epoch": best["epoch"],
             "epochs_run": epochs_run,
             "stopped_early": stopper.should_stop,
