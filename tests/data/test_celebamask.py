@@ -215,7 +215,7 @@ def test_dataset_19_classes_resize_and_builder(prepared):
     assert sample["image"].shape == (3, 4, 6) and sample["segmentation"].shape == (4, 6)
     assert ds.task_specs["segmentation"].class_names == CLASS_NAMES_19
     built = build_celebamask(DataConfig(name="celebamask", root=str(prepared)), "test")
-    assert set(built[0]) == {"image", "segmentation", "male", "smiling", "arched_eyebrows", "eyeglasses"}
+    assert set(built[0]) == {"image", "segmentation"} | {name.lower() for name in ATTRIBUTE_NAMES}  # all 40
     with pytest.raises(ConfigError, match="data.root"):
         build_celebamask(DataConfig(name="celebamask"), "test")
 

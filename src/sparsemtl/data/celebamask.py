@@ -446,13 +446,13 @@ class CelebAMaskHQ(Dataset):
 
 
 def build_celebamask(
-    cfg: DataConfig, split: str, tasks: tuple[str, ...] | None = None, attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
+    cfg: DataConfig, split: str, tasks: tuple[str, ...] | None = None, attributes: tuple[str, ...] = ATTRIBUTE_NAMES
 ) -> CelebAMaskHQ:
     """CelebAMask-HQ ``split`` from a prepared ``cfg.root``; ``data.classes`` 3 (seed paper,
     the default) or 19.
 
-    All four seed-paper attributes are loaded (they all live in one small JSON file), so ``tasks``
-    can pick any of them; ``tasks`` is not needed to choose files.
+    All 40 attributes are loaded (they live in one small JSON file), so ``tasks`` can pick any of
+    them by lowercase name (the seed used ``male``, ``smiling``, ``arched_eyebrows``, ``eyeglasses``).
     """
     classes = cfg.classes or 3
     if classes not in (3, 19):
