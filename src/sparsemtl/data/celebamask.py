@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig
 from ..tasks.spec import TaskSpec
-from .nyuv2 import DataError, _one_line, _read_pil, _resize
+from .nyuv2 import DataError, _one_line, _read_pil, _resize, keep_loadable
 
 PARTS = (
     "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip",
@@ -428,21 +428,7 @@ class CelebAMaskHQ(Dataset):
         return sample
 
     def _drop_bad_samples(self) -> None:
-        good = []
-        for sample_id in self.sample_ids:
-            try:
-                self._load(sample_id)
-            except DataError as exc:
-                self.skipped.append((sample_id, str(exc)))
-            else:
-                good.append(sample_id)
-        self.sample_ids = good
-        if self.skipped:
-            warnings.warn(
-                f"CelebAMask-HQ {self.split}: skipped {len(self.skipped)} bad sample(s) of "
-                f"{len(good) + len(self.skipped)}; first: {self.skipped[0][1]}",
-                stacklevel=3,
-            )
+        self.sample_ids, self.skipped = keep_loadable(self.sample_ids, self._load, f"CelebAMask-HQ {self.split}")
 
 
 def build_celebamask(

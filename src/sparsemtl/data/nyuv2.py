@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -350,23 +351,31 @@ class NYUv2(Dataset):
 
     def _drop_bad_samples(self) -> None:
         """Read every sample once; keep the good ones, record (id, message) for the rest."""
-        good = []
-        for sample_id in self.sample_ids:
-            try:
-                if self.image_size is None and self._native_size is None:
-                    self._native_size = _stored_size(self.path("image", sample_id))
-                self._load(sample_id)
-            except DataError as exc:
-                self.skipped.append((sample_id, str(exc)))
-            else:
-                good.append(sample_id)
-        self.sample_ids = good
-        if self.skipped:
-            warnings.warn(
-                f"NYU-v2 {self.split}: skipped {len(self.skipped)} bad sample(s) of {len(good) + len(self.skipped)}; "
-                f"first: {self.skipped[0][1]}",
-                stacklevel=3,
-            )
+
+        def load(sample_id: str) -> None:
+            if self.image_size is None and self._native_size is None:
+                self._native_size = _stored_size(self.path("image", sample_id))
+            self._load(sample_id)
+
+        self.sample_ids, self.skipped = keep_loadable(self.sample_ids, load, f"NYU-v2 {self.split}")
+
+
+def keep_loadable(ids: list[str], load: Callable[[str], Any], label: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Load every sample once: the ids that load, and (id, message) for those that raise DataError;
+    one warning says how many were skipped (the ``skip_bad_samples`` option of every loader)."""
+    good, skipped = [], []
+    for sample_id in ids:
+        try:
+            load(sample_id)
+        except DataError as exc:
+            skipped.append((sample_id, str(exc)))
+        else:
+            good.append(sample_id)
+    if skipped:
+        warnings.warn(
+            f"{label}: skipped {len(skipped)} bad sample(s) of {len(ids)}; first: {skipped[0][1]}", stacklevel=4
+        )
+    return good, skipped
 
 
 def _resize(sample: dict[str, torch.Tensor], size: tuple[int, int], targets: bool = True) -> dict[str, torch.Tensor]:
