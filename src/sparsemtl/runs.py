@@ -31,12 +31,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt") -> LoadedRun:
     config = config_from_dict(yaml.safe_load(config_path.read_text()))
     payload = load_checkpoint(run_dir / checkpoint)
     try:
-        specs = {
-            name: TaskSpec(
-                name=s["name"], kind=s["kind"], num_classes=s["num_classes"], class_names=tuple(s["class_names"])
-            )
-            for name, s in payload["task_specs"].items()
-        }
+        specs = {name: TaskSpec.from_dict(s) for name, s in payload["task_specs"].items()}
         model = build_model(config.model, specs)
         model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError) as exc:

@@ -13,7 +13,6 @@ from sparsemtl.models import build_model
 from sparsemtl.pruning import load_model, prune_model, prune_run, save_pruned
 from sparsemtl.pruning.io import changed_widths
 from sparsemtl.training.checkpoint import CheckpointError, save_checkpoint
-from sparsemtl.training.trainer import spec_to_dict
 
 from .test_prune import zero_coupled
 
@@ -31,7 +30,7 @@ def make_run(tmp_path, config):
         "format": "sparsemtl-checkpoint-v1",
         "epoch": 1,
         "config": config.to_dict(),
-        "task_specs": {n: spec_to_dict(s) for n, s in specs.items()},
+        "task_specs": {n: s.to_dict() for n, s in specs.items()},
         "model": model.state_dict(),
     }
     save_checkpoint(payload, run_dir / "best.pt")

@@ -19,7 +19,6 @@ from ..config import Config, config_from_dict
 from ..models import MultiTaskModel, build_model
 from ..tasks.spec import TaskSpec
 from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..training.trainer import spec_to_dict
 
 #: layer types whose widths are recorded (and rebuilt on load)
 WIDTH_TYPES = (nn.Conv2d, nn.Linear, _BatchNorm)
@@ -66,7 +65,7 @@ def save_pruned(
     payload = {
         "format": FORMAT,
         "config": config.to_dict(),
-        "task_specs": {name: spec_to_dict(spec) for name, spec in specs.items()},
+        "task_specs": {name: spec.to_dict() for name, spec in specs.items()},
         "widths": {name: dict(w) for name, w in widths.items()},
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
@@ -80,7 +79,7 @@ def load_pruned(path: str | Path) -> tuple[MultiTaskModel, Config, dict[str, Tas
         raise CheckpointError(f"{str(path)!r} is not a sparsemtl model file (unknown format)")
     try:
         config = _without_pretrained(config_from_dict(payload["config"]))
-        specs = {name: _spec_from_dict(s) for name, s in payload["task_specs"].items()}
+        specs = {name: TaskSpec.from_dict(s) for name, s in payload["task_specs"].items()}
         model = build_model(config.model, specs)
         for name, width in payload.get("widths", {}).items():
             model.set_submodule(name, _rebuilt(model.get_submodule(name), width))
@@ -93,10 +92,6 @@ def load_pruned(path: str | Path) -> tuple[MultiTaskModel, Config, dict[str, Tas
 def load_model(path: str | Path) -> MultiTaskModel:
     """The model (eval mode) of a pruned file (:func:`save_pruned`) or of a run's ``best.pt``."""
     return load_pruned(path)[0]
-
-
-def _spec_from_dict(s: dict[str, Any]) -> TaskSpec:
-    return TaskSpec(name=s["name"], kind=s["kind"], num_classes=s["num_classes"], class_names=tuple(s["class_names"]))
 
 
 def _rebuilt(old: nn.Module, width: dict[str, Any]) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 #: Label value of pixels that carry no segmentation target (void / unlabelled).
 IGNORE_INDEX = 255
@@ -27,3 +28,16 @@ class TaskSpec:
             raise ValueError(f"segmentation task {self.name!r} needs num_classes >= 2")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"task {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for checkpoints (loadable with ``weights_only=True``)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskSpec":
+        return cls(data["name"], data["kind"], data["num_classes"], tuple(data["class_names"]))

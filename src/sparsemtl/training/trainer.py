@@ -288,7 +288,7 @@ class Trainer:
             "epoch": epoch,
             "monitor": {"name": self.monitor.name, "value": value},
             "config": self.cfg.to_dict(),
-            "task_specs": {n: spec_to_dict(s) for n, s in self.specs.items()},
+            "task_specs": {n: s.to_dict() for n, s in self.specs.items()},
             "model": self.model.state_dict(),
             "loss_weighting": self.weighting.state_dict(),
         }
@@ -365,15 +365,6 @@ class Trainer:
             if self.cfg.train.progress and self.baselines:
                 print("\n".join(d["describe"] for d in summary["delta"].values()), flush=True)
         return summary
-
-
-def spec_to_dict(spec) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "kind": spec.kind,
-        "num_classes": spec.num_classes,
-        "class_names": list(spec.class_names),
-    }
 
 
 def default_run_dir(cfg: Config) -> Path:
