@@ -19,8 +19,8 @@ import statistics
 import time
 
 import torch
+from paper_model import PAPER_MODEL, SPECS
 
-from sparsemtl.config import ModelConfig
 from sparsemtl.models import build_model
 from sparsemtl.sparsity import (
     GroupSlices,
@@ -31,16 +31,7 @@ from sparsemtl.sparsity import (
     regularized_param_groups,
 )
 from sparsemtl.tasks import get_task
-from sparsemtl.tasks.spec import TaskSpec
 
-SPECS = {
-    "segmentation": TaskSpec("segmentation", "segmentation", num_classes=40),
-    "depth": TaskSpec("depth", "depth"),
-    "normals": TaskSpec("normals", "normals"),
-}
-PAPER_MODEL = ModelConfig(
-    encoder="resnet50d", output_stride=8, head_channels=256, aspp_rates=(12, 24, 36), head_dropout=0.3
-)
 LR, EPS, BETA2 = 1e-4, 1e-6, 0.999
 
 

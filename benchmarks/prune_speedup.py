@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 import torch
+from paper_model import PAPER_MODEL, SPECS
 
-from sparsemtl.config import ModelConfig
 from sparsemtl.evaluation.fold import fold_batchnorm
 from sparsemtl.evaluation.latency import measure_latency
 from sparsemtl.evaluation.machine import describe_machine, format_machine
@@ -28,14 +28,7 @@ from sparsemtl.models import build_model
 from sparsemtl.pruning import prune_model
 from sparsemtl.reporting import format_table
 from sparsemtl.sparsity import build_grouping
-from sparsemtl.tasks.spec import TaskSpec
 
-SPECS = {
-    "segmentation": TaskSpec("segmentation", "segmentation", num_classes=40),
-    "depth": TaskSpec("depth", "depth"),
-    "normals": TaskSpec("normals", "normals"),
-}
-PAPER_MODEL = ModelConfig(encoder="resnet50d", output_stride=8, head_channels=256, aspp_rates=(12, 24, 36))
 BATCHES = (1, 8)
 
 
@@ -58,7 +51,7 @@ def latencies(model: torch.nn.Module, size: tuple[int, int], threads: int, min_r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", type=float, nargs="+", default=[0, 30, 50, 70, 90], help="% zero groups")
+    parser.add_argument("--levels", type=float, nargs="+", default=[0, 30, 50, 70, 90], help="%% zero groups")
     parser.add_argument("--groupings", nargs="+", default=["coupled", "input_channels"])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
