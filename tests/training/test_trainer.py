@@ -29,6 +29,7 @@ def test_tiny_sparse_run_learns_sparsifies_and_writes_a_complete_run_dir(tiny_co
     # best epoch chosen on validation: it is the epoch with the lowest monitored val loss
     best = min(lines, key=lambda r: r["monitor"]["value"])
     assert summary["best_epoch"] == best["epoch"]
+    assert summary["val"]["loss"] == pytest.approx(best["val"]["loss"])  # the best epoch's own validation
     for name in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "summary.json"):
         assert (run_dir / name).is_file()
     ckpt = load_checkpoint(run_dir / "best.pt")

@@ -178,7 +178,7 @@ class Trainer:
         cfg = self.cfg.train
         stopper = EarlyStopping(cfg.patience, self.monitor.higher_is_better)
         start = time.perf_counter()
-        epoch = 0
+        epoch, best_val = 0, None
         for epoch in range(1, cfg.epochs + 1):
             lam = self.penalty_scheduler.step(epoch)
             t0 = time.perf_counter()
@@ -186,6 +186,8 @@ class Trainer:
             val = self.evaluate("val")
             value = self.monitor.value(val)
             improved = stopper.update(value)
+            if improved:
+                best_val = val  # the best checkpoint's validation result: no need to evaluate it again
             self._stop_stalled_tasks(val)
             if improved and self.context.is_main:
                 self._save("best.pt", epoch, value, full=False)
@@ -196,7 +198,7 @@ class Trainer:
                 self._log_epoch(epoch, lam, train_stats, val, value, improved, time.perf_counter() - t0)
             if stopper.should_stop or len(self.frozen) == len(self.specs):
                 break
-        return self._finish(epoch, stopper, time.perf_counter() - start)
+        return self._finish(epoch, stopper, time.perf_counter() - start, best_val)
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self.net.train()
@@ -330,15 +332,16 @@ class Trainer:
                 flush=True,
             )
 
-    def _finish(self, epochs_run: int, stopper: EarlyStopping, seconds: float) -> dict[str, Any]:
+    def _finish(
+        self, epochs_run: int, stopper: EarlyStopping, seconds: float, val: EvalResult | None
+    ) -> dict[str, Any]:
         self.context.barrier()
-        if not (self.run_dir / "best.pt").exists():
+        if val is None or not (self.run_dir / "best.pt").exists():
             raise NonFiniteLossError(f"no epoch produced a finite validation {self.monitor.name}; nothing to evaluate")
         best = load_checkpoint(self.run_dir / "best.pt", self.device)
         self.model.load_state_dict(best["model"])
         self.weighting.load_state_dict(best["loss_weighting"])
         test = self.evaluate("test")
-        val = self.evaluate("val")
         report = model_sparsity_report(self.model, self.cfg.sparsity.grouping, self.cfg.sparsity.modules)
         summary = {
             "run_dir": str(self.run_dir),
