@@ -15,9 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -32,6 +30,8 @@ class DataConfig:
     resize: bool = False
     augment: bool = False
     classes: int = 0
+    depth_scale: float = 1.0
+    check: bool = True
     image_size: tuple[int, int] = (64, 64)
     num_train: int = 512
     num_val: int = 128
@@ -144,6 +144,7 @@ _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "data.num_train": (lambda v: v >= 1, "an integer >= 1"),
     "data.val_fraction": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
     "data.classes": (lambda v: v >= 0, "an integer >= 0 (0 = the dataset's default)"),
+    "data.depth_scale": (lambda v: v > 0.0, "a number > 0 (metres per stored depth unit, e.g. 0.001 for mm)"),
     "data.num_val": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_test": (lambda v: v >= 1, "an integer >= 1"),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),

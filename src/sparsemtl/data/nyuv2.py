@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig
+from ..errors import ConfigError, DataError, one_line
 from ..tasks.spec import IGNORE_INDEX, TaskSpec
 
 TASKS = ("segmentation", "depth", "normals")
@@ -58,12 +59,8 @@ _NYUD_EXTS = {"image": (".jpg", ".png"), "segmentation": (".png",), "depth": (".
 _MTAN_DIRS = {"image": "image", "segmentation": "label", "depth": "depth", "normals": "normal"}
 
 
-class DataError(ValueError):
-    """A file of the dataset is missing, unreadable or inconsistent; the one-line message names it."""
-
-
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc)
 
 
 # ---------------------------------------------------------------- layout detection and split lists

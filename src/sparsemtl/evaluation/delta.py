@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import DeltaError
 from ..tasks.definitions import get_task
 
 Metrics = Mapping[str, Mapping[str, float]]
@@ -43,10 +44,6 @@ _VARIANTS = {
     "delta_p": ("\u0394p", "LibMTL, task-averaged", "positive = better"),
     "delta_primary": ("\u0394", "one primary metric per task", "positive = better"),
 }
-
-
-class DeltaError(ValueError):
-    """Inconsistent metrics, baselines or kinds for a multi-task Delta."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..config import Config
 from ..data import build_dataset
+from ..errors import PruningVerificationError
 from ..evaluation.complexity import count_macs, count_parameters
 from ..reporting import format_table
 from ..runs import load_run
@@ -32,10 +33,6 @@ from ..sparsity.channels import ChannelRemovability, ChannelSet, channel_sets, d
 from ..tasks.spec import TaskSpec
 from .export import export_onnx
 from .io import WIDTH_TYPES, changed_widths, layer_widths, load_pruned, save_pruned
-
-
-class PruningVerificationError(ValueError):
-    """A pruned model's outputs differ from the original's beyond float rounding."""
 
 
 @dataclass

@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file exists but cannot be read or does not match what is expected."""
+from ..errors import CheckpointError
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
+from ..errors import NonFiniteLossError
 from ..data import build_dataset, select_tasks
 from ..data.augment import AugmentedDataset, default_train_transform
 from ..evaluation.baselines import load_baselines, multitask_deltas
@@ -34,10 +35,6 @@ from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regular
 from ..tasks import WEIGHTINGS, build_weighting, get_task
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged; the best checkpoint written so far is kept."""
 
 
 @dataclass
