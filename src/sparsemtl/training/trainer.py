@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
-from ..errors import NonFiniteLossError
 from ..data import build_dataset, select_tasks
 from ..data.augment import AugmentedDataset, default_train_transform
+from ..errors import NonFiniteLossError
 from ..evaluation.baselines import load_baselines, multitask_deltas
 from ..evaluation.evaluate import EvalResult, evaluate, task_loss_options
 from ..models import MultiTaskModel, build_model
