@@ -57,7 +57,7 @@ def test_sparsity_command_prints_table_and_writes_json_and_png(tmp_path, capsys)
     assert summary["sparsity"]["zero_groups"] == report["zero_groups"]
     assert (run / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sparsity", str(tmp_path / "nope")]) == 2
-    assert "is not a run directory" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"sparsemtl: error: run directory {str(tmp_path / 'nope')!r} does not exist\n"
 
 
 def test_prune_and_bench_commands(tmp_path, capsys):
@@ -90,14 +90,14 @@ def test_train_runs_on_each_nyuv2_layout(tmp_path):
     }
     for layout, root in roots.items():
         args = [o for o in TINY if not o.startswith("data.num_")] + [
-            f"train.out_dir={tmp_path}",
+            f"train.out_dir={tmp_path / 'runs'}",
             f"train.name={layout}",
         ]
         args += ["data.name=nyuv2", f"data.root={root}", "data.batch_size=4", "data.val_fraction=0.2", "train.epochs=1"]
         assert main(["train", *args, "data.resize=true"]) == 0
-        summary = json.loads((tmp_path / layout / "summary.json").read_text())
+        summary = json.loads((tmp_path / "runs" / layout / "summary.json").read_text())
         assert set(summary["test"]["metrics"]) == {"segmentation", "depth", "normals"}
-        splits = json.loads((tmp_path / layout / "splits.json").read_text())
+        splits = json.loads((tmp_path / "runs" / layout / "splits.json").read_text())
         assert len(splits["train"]) == 8 and len(splits["val"]) == 2 and len(splits["test"]) == 3
         assert not set(splits["train"]) & set(splits["val"])
 

@@ -4,12 +4,15 @@ Pipeline: data -> models -> sparsity -> training -> evaluation/reporting. The CL
 (``sparsemtl``) is a thin layer over these functions.
 """
 
-from .config import Config, ConfigError, config_from_dict, load_config
+from . import _quiet_imports  # noqa: F401  (first: silences a torch import-time log line)
+from .config import Config, config_from_dict, load_config
 from .data import build_dataset
+from .errors import ConfigError, SparsemtlError
 from .models import MultiTaskModel, build_model
-from .pruning import load_model, prune_model, prune_run
+from .pruning import prune_model, prune_run
+from .runs import RunDir, RunSummary, load_model, open_model
 from .sparsity import ProxAdamW, build_grouping, sparsity_report
-from .training import Trainer, train
+from .training import Trainer, resume, train
 
 __version__ = "0.1.0"
 
@@ -18,6 +21,9 @@ __all__ = [
     "ConfigError",
     "MultiTaskModel",
     "ProxAdamW",
+    "RunDir",
+    "RunSummary",
+    "SparsemtlError",
     "Trainer",
     "build_dataset",
     "build_grouping",
@@ -25,8 +31,10 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "load_model",
+    "open_model",
     "prune_model",
     "prune_run",
+    "resume",
     "sparsity_report",
     "train",
 ]

@@ -1,28 +1,15 @@
-"""``sparsemtl bench``: load models from disk and measure them side by side."""
+"""``sparsemtl bench``: open models from disk and measure them side by side."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from .config import config_from_dict
+from .errors import ConfigError
 from .evaluation.latency import benchmark_models, format_bench_table
 from .evaluation.machine import describe_machine
-from .pruning import load_model
-from .training.checkpoint import load_checkpoint
-
-
-def model_file(path: str | Path) -> Path:
-    """A run directory stands for its best checkpoint."""
-    path = Path(path)
-    return path / "best.pt" if path.is_dir() else path
-
-
-def stored_image_size(path: Path) -> tuple[int, int]:
-    return tuple(config_from_dict(load_checkpoint(path)["config"]).data.image_size)
+from .runs import atomic_write_json, open_model
+from .runtime import resolve_device
 
 
 def bench_command(
@@ -35,13 +22,21 @@ def bench_command(
     json_path: str | None,
 ) -> str:
     """Benchmark every model (the first is the baseline), return the table, optionally write JSON."""
-    files = [model_file(m) for m in models]
-    input_size = tuple(size) if size else stored_image_size(files[0])
-    loaded = {str(m): load_model(f).to(torch.device(device)).eval() for m, f in zip(models, files)}
-    results = benchmark_models(loaded, input_size, batches, device, threads, min_run_time)
-    machine = describe_machine(device)
+    bad = [b for b in batches if b < 1]
+    if bad:
+        raise ConfigError(f"argument --batch: expected batch sizes >= 1, got {bad[0]}")
+    if size is not None and min(size) < 16:
+        raise ConfigError(f"argument --size: expected two integers >= 16 (height, width), got {list(size)}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"argument --threads: expected an integer >= 1, got {threads}")
+    if not min_run_time > 0 or min_run_time == float("inf"):
+        raise ConfigError(f"argument --min-run-time: expected a finite number of seconds > 0, got {min_run_time}")
+    target = resolve_device(device, key="argument --device")
+    opened = [open_model(m) for m in models]
+    input_size = tuple(size) if size else tuple(opened[0].config.data.image_size)
+    loaded = {str(m): f.model.to(target).eval() for m, f in zip(models, opened)}
+    results = benchmark_models(loaded, input_size, batches, str(target), threads, min_run_time)
+    machine = describe_machine(str(target))
     if json_path:
-        Path(json_path).write_text(
-            json.dumps({"machine": machine, "results": [r.to_dict() for r in results]}, indent=2)
-        )
+        atomic_write_json(Path(json_path), {"machine": machine, "results": [r.to_dict() for r in results]})
     return format_bench_table(results, machine)

@@ -1,24 +1,61 @@
-"""Command-line interface: a thin layer over the Python API."""
+"""Command-line interface: a thin layer over the Python API.
+
+Every failure the user can cause reaches them as one line, ``sparsemtl: error: ...``, with a
+non-zero exit code and no traceback (``--debug`` or ``SPARSEMTL_DEBUG=1`` shows it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
-from .config import ConfigError, load_config
-from .pruning import PruningVerificationError
-from .training import CheckpointError, NonFiniteLossError
+from .config import load_config
+from .errors import SparsemtlError, one_line
+
+
+class ArgumentError(SparsemtlError):
+    """A command-line argument is missing or malformed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (argparse prints usage plus the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentError(f"{message} (see '{self.prog} --help')")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .training import train
+    from .training import resume, train
 
-    summary = train(load_config(args.config, args.overrides))
+    if args.resume:
+        if args.config:
+            raise ArgumentError("--resume takes the config stored in the run directory; drop --config")
+        summary = resume(args.resume, args.overrides)
+    else:
+        summary = train(load_config(args.config, args.overrides))
     print(
-        f"run finished: {summary['run_dir']} (best epoch {summary['best_epoch']}, "
-        f"zero groups {summary['sparsity']['zero_group_pct']:.1f}%)"
+        f"run finished: {summary.run_dir} (best epoch {summary.best_epoch}, "
+        f"zero groups {summary.sparsity['zero_group_pct']:.1f}%)"
     )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation.model_file import evaluate_model_file
+    from .reporting import format_table
+    from .runs import atomic_write_json
+
+    opened, result = evaluate_model_file(args.model, args.split, args.overrides)
+    rows = [[f"{task}/{name}", value] for task, metrics in result.metrics.items() for name, value in metrics.items()]
+    rows.append(["loss (sum over tasks)", result.total_loss])
+    epoch = f", epoch {opened.epoch}" if opened.epoch is not None else ""
+    print(format_table([f"{args.split} metric ({opened.path}{epoch})", "value"], rows))
+    if args.json:
+        atomic_write_json(Path(args.json), {"model": str(opened.path), "split": args.split, **result.to_dict()})
+        print(f"wrote {args.json}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -79,10 +116,12 @@ def _prepare_nyuv2(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sparsemtl", description="Parsimonious multi-task vision models with group sparsity."
+    parser = _Parser(
+        prog="sparsemtl",
+        description="Parsimonious multi-task vision models with group sparsity. "
+        "Errors are one line; --debug (or SPARSEMTL_DEBUG=1) shows the traceback.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "train",
@@ -90,8 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one run. Overrides are dotted keys, e.g. optim.lr=0.001 sparsity.lam=1e-4.",
     )
     p.add_argument("--config", required=False, default=None, help="YAML config file (defaults apply to missing keys)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last complete epoch (only train.epochs, train.patience, "
+        "train.device, data.root and a few more may be overridden)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run directory, checkpoint or pruned file on a split")
+    p.add_argument("model", help="a run directory (its best.pt), a checkpoint, or a pruned model file")
+    p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="data.* / train.device / train.amp overrides")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="train a dense and a group-sparse model on synthetic-scenes and compare them")
     p.add_argument("--out", default=None, help="output folder (default: demo-runs/<timestamp>)")
@@ -155,14 +208,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may also follow options
+    (``sparsemtl evaluate RUN --split val data.root=...``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("SPARSEMTL_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
     try:
+        args = _parse(build_parser(), argv)
         args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, NonFiniteLossError, PruningVerificationError) as exc:
-        print(f"sparsemtl: error: {exc}", file=sys.stderr)
-        return 2
+    except SparsemtlError as exc:
+        return _fail(one_line(exc), exc.exit_code, debug)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, debug)
+    except SystemExit as exc:  # --help and friends
+        return int(exc.code or 0)
+    except MemoryError:
+        return _fail("out of memory (try a smaller data.batch_size or data.image_size)", 1, debug)
+    except Exception as exc:  # noqa: BLE001 - a bug or an unwrapped library error: still one line
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return _fail(
+            f"unexpected {type(exc).__name__} ({Path(where.filename).name}:{where.lineno}): {one_line(exc)}; "
+            "rerun with --debug for the traceback",
+            1,
+            debug,
+        )
     return 0
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"sparsemtl: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ what is allowed. Only ``yaml.safe_load`` is ever used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 
 @dataclass
@@ -269,14 +270,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise fail
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise fail from None
-        raise fail
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else math.nan
+        except ValueError:
+            raise fail from None
+        if not math.isfinite(number):
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise fail
@@ -308,7 +308,28 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     """Validate a nested mapping (e.g. parsed YAML) into a :class:`Config`."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of settings, got {type(values).__name__}")
-    return _build(Config, values)
+    cfg = _build(Config, values)
+    _check_combinations(cfg)
+    return cfg
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Settings that are valid alone but would silently do something else together."""
+    sp = cfg.sparsity
+    if sp.penalty == "none" and sp.lam > 0:
+        raise ConfigError(
+            f"config key 'sparsity.lam': {sp.lam:g} has no effect with sparsity.penalty=none; "
+            "set sparsity.penalty=group_lasso (or group_mcp) for a sparse run, or sparsity.lam=0 for a dense one"
+        )
+    if cfg.loss.weights and cfg.loss.weighting != "fixed":
+        raise ConfigError("config key 'loss.weights': only used with loss.weighting=fixed")
+    if cfg.train.name is not None:
+        name = Path(cfg.train.name)
+        if not cfg.train.name.strip() or name.is_absolute() or ".." in name.parts:
+            raise ConfigError(
+                f"config key 'train.name': expected a relative name inside train.out_dir "
+                f"(no absolute path, no '..'), got {cfg.train.name!r}"
+            )
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -325,8 +346,18 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(exc)}") from None
     return result
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's complaint with its line and column (1-based), in one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or one_line(exc)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else one_line(problem)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -348,8 +379,9 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {one_line(exc)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must contain a mapping of settings")
     values = loaded or {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from .evaluation.latency import benchmark_models, format_bench_table
 from .evaluation.machine import describe_machine
 from .pruning import prune_run
 from .reporting import compare_runs
-from .runs import load_run
+from .runs import atomic_write_json, atomic_write_text, open_model
 from .training import train
 
 BENCH_BATCHES = (1, 16)
@@ -48,10 +47,10 @@ def run_demo(
             f"== training the {name} model ({cfg.model.encoder}, lambda={lam}) into {out / name}",
             flush=True,
         )
-        summaries[name] = train(cfg)
+        summaries[name] = train(cfg).to_dict()
     table = compare_runs(summaries) + "\n\n" + prune_and_measure(out, bench_seconds)
-    (out / "comparison.txt").write_text(table + "\n")
-    (out / "comparison.json").write_text(json.dumps(summaries, indent=2, allow_nan=True))
+    atomic_write_text(out / "comparison.txt", table + "\n")
+    atomic_write_json(out / "comparison.json", summaries)
     return table, summaries
 
 
@@ -60,7 +59,7 @@ def prune_and_measure(out: Path, bench_seconds: float) -> str:
     models (BN folded) on this CPU: zeros alone give no speed-up, removal does."""
     print("== pruning the sparse model and measuring latency", flush=True)
     pruned = prune_run(out / "sparse", out / "sparse-pruned.pt")
-    dense, sparse = load_run(out / "dense"), load_run(out / "sparse")
+    dense, sparse = open_model(out / "dense"), open_model(out / "sparse")
     size = tuple(dense.config.data.image_size)
     models = {"dense": dense.model, "sparse (zeros kept)": sparse.model, "sparse pruned": pruned.model}
     results = benchmark_models(models, size, BENCH_BATCHES, "cpu", None, bench_seconds)

@@ -12,21 +12,26 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> the local CUDA device when available, else CPU; otherwise validate ``name``."""
+def resolve_device(name: str, local_rank: int = 0, key: str = "config key 'train.device'") -> torch.device:
+    """'auto' -> the local CUDA device when available, else CPU; otherwise validate ``name``
+    against the devices this machine has (``key`` names the setting in error messages)."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"config key 'train.device': expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'train.device': {name!r} requested but CUDA is not available")
+        raise ConfigError(f"{key}: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"config key 'train.device': expected auto, cpu, cuda or cuda:N, got {name!r}")
+        raise ConfigError(f"{key}: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{key}: {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{key}: {name!r} requested but this machine has {count} CUDA device(s) (0..{count - 1})")
     return device
 
 

@@ -11,8 +11,9 @@ import yaml
 from sparsemtl.data import build_dataset, select_tasks
 from sparsemtl.models import build_model
 from sparsemtl.pruning import load_model, prune_model, prune_run, save_pruned
-from sparsemtl.pruning.io import changed_widths
-from sparsemtl.training.checkpoint import CheckpointError, save_checkpoint
+from sparsemtl.errors import CheckpointError
+from sparsemtl.models.widths import changed_widths
+from sparsemtl.runs import save_checkpoint
 
 from .test_prune import zero_coupled
 
@@ -47,7 +48,7 @@ def test_save_load_round_trip_is_exact_and_weights_only(tmp_path, tiny_config):
     run_dir, model, specs = make_run(tmp_path, config)
     pruned = prune_model(model, torch.rand(1, 3, 32, 32)).model
     path = tmp_path / "pruned.pt"
-    widths = changed_widths(pruned, config, specs)
+    widths = changed_widths(pruned, build_model(config.model, specs))
     assert widths and all(w["out"] <= model.get_submodule(n).weight.shape[0] for n, w in widths.items())
     save_pruned(path, pruned, config, specs, widths)
     assert torch.load(path, weights_only=True)["format"] == "sparsemtl-pruned-v1"
@@ -82,5 +83,5 @@ def test_corrupt_and_foreign_files_raise_checkpoint_errors(tmp_path):
         load_model(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    with pytest.raises(CheckpointError, match="foreign.pt.*unknown format"):
+    with pytest.raises(CheckpointError, match="foreign.pt.*not a sparsemtl model file"):
         load_model(foreign)

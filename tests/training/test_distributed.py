@@ -9,7 +9,7 @@ import torch
 
 from sparsemtl.data import build_dataset
 from sparsemtl.evaluation import evaluate
-from sparsemtl.runs import load_run
+from sparsemtl.runs import open_model
 from tests.conftest import TINY
 
 
@@ -39,7 +39,7 @@ def test_torchrun_two_processes_train_and_report_exact_split_metrics(tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
     # an odd-sized test split sharded over 2 processes must count every sample exactly once
-    run = load_run(tmp_path / "ddp")
+    run = open_model(tmp_path / "ddp")
     loader = torch.utils.data.DataLoader(build_dataset(run.config.data, "test"), batch_size=5)
     single = evaluate(run.model, loader, run.specs, torch.device("cpu"))
     for task, metrics in single.metrics.items():

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from sparsemtl.config import ConfigError
-from sparsemtl.training import Trainer, load_checkpoint, train
+from sparsemtl.errors import RunError
+from sparsemtl.runs import load_checkpoint
+from sparsemtl.training import Trainer, train
 
 
 def read_lines(run_dir):
@@ -22,18 +24,18 @@ def test_tiny_sparse_run_learns_sparsifies_and_writes_a_complete_run_dir(tiny_co
     lines = read_lines(run_dir)
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
     assert lines[-1]["train"]["loss"] < lines[0]["train"]["loss"]
-    assert summary["sparsity"]["zero_group_pct"] > 0
-    assert 0 < summary["sparsity"]["zero_weight_pct"] <= 100
+    assert summary.sparsity["zero_group_pct"] > 0
+    assert 0 < summary.sparsity["zero_weight_pct"] <= 100
     # uncertainty log-variances are really trained
     assert not torch.allclose(trainer.weighting.log_vars.detach(), initial)
     # best epoch chosen on validation: it is the epoch with the lowest monitored val loss
     best = min(lines, key=lambda r: r["monitor"]["value"])
-    assert summary["best_epoch"] == best["epoch"]
-    assert summary["val"]["loss"] == pytest.approx(best["val"]["loss"])  # the best epoch's own validation
+    assert summary.best_epoch == best["epoch"]
+    assert summary.val["loss"] == pytest.approx(best["val"]["loss"])  # the best epoch's own validation
     for name in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "summary.json"):
         assert (run_dir / name).is_file()
     ckpt = load_checkpoint(run_dir / "best.pt")
-    assert ckpt["epoch"] == summary["best_epoch"] and "optimizer" not in ckpt
+    assert ckpt["epoch"] == summary.best_epoch and "optimizer" not in ckpt
     assert "optimizer" in load_checkpoint(run_dir / "last.pt")
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert set(on_disk["test"]["metrics"]) == {"segmentation", "depth", "normals"}
@@ -50,14 +52,14 @@ def test_tiny_sparse_run_learns_sparsifies_and_writes_a_complete_run_dir(tiny_co
 
 def test_lambda_zero_gives_exactly_zero_sparsity(tiny_config):
     summary = train(tiny_config("sparsity.penalty=group_lasso", "sparsity.lam=0", "train.name=dense"))
-    assert summary["sparsity"]["zero_group_pct"] == 0.0
-    assert summary["sparsity"]["zero_groups"] == 0
+    assert summary.sparsity["zero_group_pct"] == 0.0
+    assert summary.sparsity["zero_groups"] == 0
 
 
 def test_runs_are_reproducible_with_the_same_seed(tiny_config):
     a = train(tiny_config("train.name=a", "train.epochs=1"))
     b = train(tiny_config("train.name=b", "train.epochs=1"))
-    assert a["test"] == b["test"]
+    assert a.test == b.test
 
 
 def test_warmup_keeps_the_penalty_off(tiny_config):
@@ -75,7 +77,7 @@ def test_early_stopping_on_a_metric_monitor(tiny_config):
         "train.epochs=30", "train.patience=1", "train.monitor=depth.abs_err", "optim.lr=1e-9", "scheduler.name=none"
     )
     summary = train(cfg)
-    assert summary["stopped_early"] and summary["epochs_run"] < 30
+    assert summary.stopped_early and summary.epochs_run < 30
 
 
 def test_attribute_tasks_and_faces_dataset(tiny_config):
@@ -84,7 +86,7 @@ def test_attribute_tasks_and_faces_dataset(tiny_config):
             "data.name=synthetic-faces", "tasks=[segmentation,male,smiling]", "train.epochs=1", "loss.weighting=equal"
         )
     )
-    assert set(summary["test"]["metrics"]["male"]) >= {"accuracy", "f1"}
+    assert set(summary.test["metrics"]["male"]) >= {"accuracy", "f1"}
 
 
 @pytest.mark.parametrize(
@@ -112,7 +114,7 @@ def test_names_resolved_at_build_time_fail_with_the_key(tiny_config, override, f
 
 def test_existing_run_dir_is_never_overwritten(tiny_config):
     train(tiny_config("train.name=once", "train.epochs=1"))
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(RunError, match="once' already exists: continue it with 'sparsemtl train --resume"):
         Trainer(tiny_config("train.name=once"))
 
 
@@ -129,7 +131,7 @@ def test_groupings_and_penalties_train_and_are_recorded(tiny_config, grouping, p
         "optim.lr=0.003",
     )
     summary = train(cfg)
-    sparsity = summary["sparsity"]
+    sparsity = summary.sparsity
     assert sparsity["grouping"] == grouping and sparsity["settings"]["penalty"] == penalty
     assert sparsity["zero_groups"] > 0
     if grouping == "coupled":
@@ -142,7 +144,7 @@ def test_mixed_precision_path_runs_on_cpu(tiny_config):
     summary = train(
         tiny_config("train.amp=bf16", "train.epochs=1", "tasks=[segmentation,depth]", "train.grad_clip=1.0")
     )
-    assert summary["test"]["metrics"]["depth"]["abs_err"] == summary["test"]["metrics"]["depth"]["abs_err"]  # not NaN
+    assert summary.test["metrics"]["depth"]["abs_err"] == summary.test["metrics"]["depth"]["abs_err"]  # not NaN
 
 
 def test_training_with_augmentation_is_reproducible_and_changes_samples(tiny_config):
@@ -166,22 +168,22 @@ def test_multitask_delta_against_single_task_baselines(tiny_config, tmp_path):
     summary = train(
         tiny_config("tasks=[depth,normals]", "train.epochs=1", "train.name=mtl", f"train.baselines={baselines}")
     )
-    assert set(summary["delta"]) == {"delta_m", "delta_p", "delta_primary"}
+    assert set(summary.delta) == {"delta_m", "delta_p", "delta_primary"}
     for variant, sign in (("delta_m", "positive = worse"), ("delta_p", "positive = better")):
-        described = summary["delta"][variant]["describe"]  # tiny runs can have a 0 baseline (delta1)
+        described = summary.delta[variant]["describe"]  # tiny runs can have a 0 baseline (delta1)
         assert sign in described or "undefined (depth/delta1: baseline is zero" in described
-    assert "positive = better" in summary["delta"]["delta_primary"]["describe"]
+    assert "positive = better" in summary.delta["delta_primary"]["describe"]
     # hand check of delta_primary: depth rmse (lower is better) and normals mean angle (lower is better)
     stl = {
         t: json.loads((tmp_path / f"stl-{t}" / "summary.json").read_text())["test"]["metrics"][t]
         for t in ("depth", "normals")
     }
-    mtl = summary["test"]["metrics"]
+    mtl = summary.test["metrics"]
     expected = -50 * (
         (mtl["depth"]["rmse"] - stl["depth"]["rmse"]) / stl["depth"]["rmse"]
         + (mtl["normals"]["mean_angle"] - stl["normals"]["mean_angle"]) / stl["normals"]["mean_angle"]
     )
-    assert summary["delta"]["delta_primary"]["value"] == pytest.approx(expected)
+    assert summary.delta["delta_primary"]["value"] == pytest.approx(expected)
     with pytest.raises(ConfigError, match="train.baselines"):
         Trainer(tiny_config("tasks=[depth,normals]", f"train.baselines={{depth: {tmp_path / 'stl-depth'}}}"))
 
@@ -202,7 +204,7 @@ def test_per_task_early_stopping_freezes_the_stalled_head_only(tiny_config):
     summary = trainer.fit()
     lines = read_lines(trainer.run_dir)
     assert [r["frozen_tasks"] for r in lines] == [[], ["depth"], ["depth"], ["depth"], ["depth"]]
-    assert summary["frozen_tasks"] == ["depth"]
+    assert summary.frozen_tasks == ["depth"]
     # frozen after the epoch-2 validation: the depth head (weights and BN statistics) no longer changes
     final = load_checkpoint(trainer.run_dir / "last.pt")["model"]
     assert all(torch.equal(final[f"heads.depth.{k}"], v) for k, v in snapshots[1].items())

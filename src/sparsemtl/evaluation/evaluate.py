@@ -28,6 +28,10 @@ class EvalResult:
     def to_dict(self) -> dict:
         return {"loss": self.total_loss, "losses": self.losses, "metrics": self.metrics}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "EvalResult":
+        return cls(dict(values["losses"]), {task: dict(m) for task, m in values["metrics"].items()})
+
 
 def task_loss_options(spec: TaskSpec, label_smoothing: float) -> dict[str, float]:
     """Loss keyword options that apply to this task kind."""

@@ -1,7 +1,8 @@
 """Physical removal of zero channel groups, portable saving of pruned models and ONNX export."""
 
+from ..models.widths import layer_widths
+from ..runs import load_model, save_pruned
 from .export import export_onnx
-from .io import layer_widths, load_model, load_pruned, save_pruned
 from .prune import PruneResult, PruningVerificationError, prune_model, prune_run, verify_pruned
 
 __all__ = [
@@ -10,7 +11,6 @@ __all__ = [
     "export_onnx",
     "layer_widths",
     "load_model",
-    "load_pruned",
     "prune_model",
     "prune_run",
     "save_pruned",

@@ -12,7 +12,6 @@ numbering and mapped to the current one through the surviving original channels 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,13 +25,14 @@ from ..config import Config
 from ..data import build_dataset
 from ..errors import PruningVerificationError
 from ..evaluation.complexity import count_macs, count_parameters
+from ..models import build_model
+from ..models.widths import WIDTH_TYPES, changed_widths, layer_widths
 from ..reporting import format_table
-from ..runs import load_run
+from ..runs import atomic_write_json, open_model, save_pruned
+from ..runs.model_file import without_pretrained
 from ..sparsity import build_grouping
 from ..sparsity.channels import ChannelRemovability, ChannelSet, channel_sets, dependency_graph, removable_channels
-from ..tasks.spec import TaskSpec
 from .export import export_onnx
-from .io import WIDTH_TYPES, changed_widths, layer_widths, load_pruned, save_pruned
 
 
 @dataclass
@@ -237,14 +237,6 @@ def prune_model(
     )
 
 
-def _load_source(source: Path) -> tuple[nn.Module, Config, dict[str, TaskSpec]]:
-    """A run directory (its ``best.pt``) or a model file written by :func:`save_pruned`."""
-    if source.is_dir():
-        run = load_run(source)
-        return run.model, run.config, run.specs
-    return load_pruned(source)
-
-
 def validation_images(config: Config, count: int = 4) -> torch.Tensor:
     """The first ``count`` images of the run's validation split, as one batch."""
     dataset = build_dataset(config.data, "val", config.tasks)
@@ -263,15 +255,17 @@ def prune_run(
     Verified on random inputs and on a batch of the run's own validation images; ``input_size``
     (default: the configured image size) is used for tracing, MACs and the export.
     """
-    model, config, specs = _load_source(Path(run_dir_or_checkpoint))
+    source = open_model(run_dir_or_checkpoint)
+    model, config, specs = source.model, source.config, source.specs
     size = tuple(input_size or config.data.image_size)
     result = prune_model(model, torch.rand(1, 3, *size), input_size=size, check_inputs=[validation_images(config)])
     structure = build_grouping(config.sparsity.grouping, model, config.sparsity.modules)
     zero = int((structure.group_max_abs() == 0).sum())
     result.zero_groups = {"grouping": config.sparsity.grouping, "groups": structure.num_groups, "zero": zero}
     out_path = Path(out_path)
-    save_pruned(out_path, result.model, config, specs, changed_widths(result.model, config, specs))
-    out_path.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=2))
+    reference = build_model(without_pretrained(config).model, specs)
+    save_pruned(out_path, result.model, config, specs, changed_widths(result.model, reference))
+    atomic_write_json(out_path.with_suffix(".json"), result.to_dict())
     if onnx:
         export_onnx(result.model, out_path.with_suffix(".onnx"), size)
     return result

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runs import load_run
+from ..runs import RunDir, atomic_write_json, open_model
 from ..sparsity import model_sparsity_report
 from ..sparsity.report import SparsityReport
 from .sparsity_plot import plot_layer_sparsity
@@ -45,16 +44,17 @@ def analyze_run(
     run_dir: str | Path, out_dir: str | Path | None = None, checkpoint: str = "best.pt", plot: bool = True
 ) -> RunSparsity:
     """Report the sparsity of a run's checkpoint under the grouping it was trained with."""
-    run = load_run(run_dir, checkpoint)
+    run_dir = RunDir.open(run_dir).path
+    run = open_model(run_dir / checkpoint)
     cfg = run.config.sparsity
     report = model_sparsity_report(run.model, cfg.grouping, cfg.modules)
-    out = Path(out_dir) if out_dir is not None else run.run_dir
+    out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "sparsity.json"
-    payload = {"run_dir": str(run.run_dir), "checkpoint": checkpoint, "epoch": run.epoch, **report.to_dict()}
-    json_path.write_text(json.dumps(payload, indent=2))
+    payload = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": run.epoch, **report.to_dict()}
+    atomic_write_json(json_path, payload)
     plot_path = (
-        plot_layer_sparsity(report, out / "sparsity.png", f"{run.run_dir.name}: zero {cfg.grouping} groups per layer")
+        plot_layer_sparsity(report, out / "sparsity.png", f"{run_dir.name}: zero {cfg.grouping} groups per layer")
         if plot
         else None
     )

@@ -1,40 +1,51 @@
 """The training loop: one object that turns a :class:`Config` into a finished run directory.
 
-Run directory contents: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one line per
-epoch), ``best.pt`` (model chosen on the validation monitor, never on test), ``last.pt`` (full
-training state of the last epoch) and ``summary.json`` (test metrics of the best checkpoint,
-sparsity report, parameter counts).
+The run directory (:class:`sparsemtl.runs.RunDir`) is owned by :mod:`sparsemtl.runs`; the trainer
+writes through it. After every epoch the metrics line is appended, then ``last.pt`` (the full
+training state: model, optimiser with the prox warm start, LR scheduler, loss weighting, early
+stopping and per-task stoppers, frozen heads, GradScaler, every RNG, the best validation result)
+is written atomically: that is the commit point :func:`resume` continues from. ``best.pt`` is
+written after it, and re-derived from ``last.pt`` on resume if a crash came in between.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-import yaml
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, apply_overrides, config_from_dict
 from ..data import build_dataset, select_tasks
 from ..data.augment import AugmentedDataset, default_train_transform
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, RunError, TrainingError, one_line
 from ..evaluation.baselines import load_baselines, multitask_deltas
 from ..evaluation.evaluate import EvalResult, evaluate, task_loss_options
 from ..models import MultiTaskModel, build_model
+from ..runs import CHECKPOINT_FORMAT, RunDir, RunSummary, check_resume_config, load_checkpoint
+from ..runs.run_dir import BEST, LAST, SPLITS
 from ..runtime import autocast, init_process_context, seed_everything
 from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regularized_param_groups, sparsity_report
 from ..tasks import WEIGHTINGS, build_weighting, get_task
-from .checkpoint import load_checkpoint, save_checkpoint
+from .rng import rng_state, set_rng_state
 from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
+
+
+class RunInterrupted(TrainingError):
+    """Ctrl-C or SIGTERM stopped training; the message says which checkpoint is complete."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -45,9 +56,16 @@ class Loaders:
 
 
 class Trainer:
-    """Builds data, model, loss weighting, proximal optimiser and scheduler from a config."""
+    """Builds data, model, loss weighting, proximal optimiser and scheduler from a config.
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None) -> None:
+    ``run`` is the run directory to continue (``resume=True``: its ``last.pt``, if any, is
+    loaded so :meth:`fit` continues after its epoch), or the path of a new run directory, or
+    None for ``train.out_dir/train.name`` (a unique informative name when that is unset). A new
+    directory is created only once everything has been built and checked, so a refused config
+    leaves nothing behind. Only rank 0 writes.
+    """
+
+    def __init__(self, cfg: Config, run: RunDir | str | Path | None = None, resume: bool = False) -> None:
         self.cfg = cfg
         self.context, self.device = init_process_context(cfg.train.device)
         seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -65,26 +83,39 @@ class Trainer:
         self.baselines = load_baselines(cfg.train.baselines, self.specs)
         self.loaders = self._build_loaders(datasets)
         self.model: MultiTaskModel = build_model(cfg.model, self.specs).to(self.device)
+        if cfg.data.batch_size < 2 and any(isinstance(m, _BatchNorm) for m in self.model.modules()):
+            raise ConfigError(
+                f"config key 'data.batch_size': expected >= 2 per process (the model has BatchNorm layers, "
+                f"which cannot train on one sample), got {cfg.data.batch_size}"
+            )
         self.weighting = self._build_weighting().to(self.device)
         self.structure = self._build_grouping()
         self.optimizer = self._build_optimizer()
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.train.epochs)
         self.penalty_scheduler = PenaltyScheduler(self.optimizer, cfg.sparsity.warmup_epochs, cfg.sparsity.ramp_epochs)
         self.monitor = Monitor.parse(cfg.train.monitor, self.specs)
+        self.stopper = EarlyStopping(cfg.train.patience, self.monitor.higher_is_better)
         # The seed's per-task early stopping: a task whose validation loss stalls for
         # `task_patience` epochs leaves the total loss and its head is frozen.
         patience = cfg.train.task_patience
         self.task_stoppers = {t: EarlyStopping(patience, False) for t in self.specs} if patience > 0 else {}
         self.frozen: list[str] = []
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
-        self.net = (
-            DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-            if self.context.distributed
-            else self.model
-        )
-        self.run_dir = self.context.broadcast_path(Path(run_dir) if run_dir is not None else default_run_dir(cfg))
-        if self.context.is_main:
-            self._prepare_run_dir()
+        self.net = self._wrap()
+        if not resume and self.context.is_main:
+            run = new_run(cfg, run)
+        self.run = run if self.context.is_main else None
+        self.run_path = self.context.broadcast_path(run.path if run is not None else Path())
+        self.epoch = 0  # last completed epoch
+        self.committed = 0  # last epoch whose last.pt is on disk
+        self.best_epoch = 0
+        self.best_val: EvalResult | None = None
+        self.seconds = 0.0  # training time of earlier sessions of this run
+        self.resumed = 0
+        if resume:
+            self._resume()
+        elif self.context.is_main:
+            self._write_run_files()
 
     # ----------------------------------------------------------------------------- building
     def _build_loaders(self, datasets: dict[str, Dataset]) -> Loaders:
@@ -132,8 +163,6 @@ class Trainer:
             raise ConfigError(
                 f"config key 'loss.weighting': unknown {cfg.weighting!r}; available: {', '.join(WEIGHTINGS.names())}"
             )
-        if cfg.weights and cfg.weighting != "fixed":
-            raise ConfigError("config key 'loss.weights': only used with loss.weighting=fixed")
         options = {"weights": cfg.weights} if cfg.weighting == "fixed" else {}
         try:
             return build_weighting(cfg.weighting, list(self.specs), **options)
@@ -159,43 +188,132 @@ class Trainer:
             groups.append({"params": weighting_params, "weight_decay": 0.0, "name": "loss_weighting"})
         return ProxAdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
-    def _prepare_run_dir(self) -> None:
-        if (self.run_dir / "summary.json").exists() or (self.run_dir / "best.pt").exists():
-            raise ConfigError(f"run directory {str(self.run_dir)!r} already holds a run; choose another train.name")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        (self.run_dir / "metrics.jsonl").write_text("")
+    def _wrap(self) -> torch.nn.Module:
+        """The model as the training step calls it: DDP-wrapped in a distributed run."""
+        if not self.context.distributed:
+            return self.model
+        return DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def _write_run_files(self) -> None:
+        self.run.write_config(self.cfg)
         ids = {split: list(ds.sample_ids) for split, ds in self.datasets.items() if hasattr(ds, "sample_ids")}
         if ids:  # datasets with files: record exactly which samples each split used
-            (self.run_dir / "splits.json").write_text(json.dumps(ids))
+            self.run.write_json(SPLITS, ids)
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state after :attr:`epoch` (what ``last.pt`` holds)."""
+        return {
+            **self._model_payload(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "stopper": self.stopper.state_dict(),
+            "task_stoppers": {t: s.state_dict() for t, s in self.task_stoppers.items()},
+            "frozen": list(self.frozen),
+            "best_epoch": self.best_epoch,
+            "best_val": self.best_val.to_dict() if self.best_val is not None else None,
+            "seconds": self.seconds,
+            "resumed": self.resumed,
+            "rng": rng_state(self.loaders.train.generator),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.weighting.load_state_dict(state["loss_weighting"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stopper.load_state_dict(state["stopper"])
+        for task, stopper_state in state["task_stoppers"].items():
+            self.task_stoppers[task].load_state_dict(stopper_state)
+        for task in state["frozen"]:
+            self._freeze(task)
+        self.epoch = int(state["epoch"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_val = EvalResult.from_dict(state["best_val"]) if state["best_val"] is not None else None
+        self.seconds = float(state["seconds"])
+        self.resumed = int(state["resumed"])
+        set_rng_state(state["rng"], self.loaders.train.generator)
+
+    def _resume(self) -> None:
+        """Continue after the last complete epoch of the run directory (from scratch if none)."""
+        last = self.run_path / LAST
+        if not last.is_file():
+            if self.context.is_main:
+                self._write_run_files()
+            return
+        try:
+            self.load_state_dict(load_checkpoint(last, self.device))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise RunError(f"{str(last)!r} cannot be resumed: {one_line(exc)}") from None
+        self.resumed += 1
+        self.committed = self.epoch
+        if self.context.is_main:
+            self.run.keep_metrics_until(self.epoch)
+            best_on_disk = self.run.load_checkpoint(BEST)["epoch"] if self.run.has(BEST) else None
+            if self.best_epoch == self.epoch and best_on_disk != self.epoch:
+                self._save_best()  # the crash came between last.pt and best.pt
 
     # ----------------------------------------------------------------------------- training
-    def fit(self) -> dict[str, Any]:
-        """Train with early stopping, then evaluate the best checkpoint on test; returns the summary."""
-        cfg = self.cfg.train
-        stopper = EarlyStopping(cfg.patience, self.monitor.higher_is_better)
-        start = time.perf_counter()
-        epoch, best_val = 0, None
-        for epoch in range(1, cfg.epochs + 1):
+    def fit(self) -> RunSummary:
+        """Train with early stopping from the epoch after :attr:`epoch`, then evaluate the best
+        checkpoint on test; returns the summary. Ctrl-C and SIGTERM stop with a
+        :class:`RunInterrupted` that names the last complete checkpoint."""
+        try:
+            with _sigterm_as_interrupt():
+                try:
+                    self._epochs()
+                    return self._finish()
+                except KeyboardInterrupt:
+                    raise RunInterrupted(self._interrupted_message()) from None
+        finally:
+            if self.run is not None:
+                self.run.release()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run_path
+
+    def _epochs(self) -> None:
+        while not self._done():
+            epoch = self.epoch + 1
             lam = self.penalty_scheduler.step(epoch)
             t0 = time.perf_counter()
             train_stats = self._train_epoch(epoch)
             val = self.evaluate("val")
             value = self.monitor.value(val)
-            improved = stopper.update(value)
+            improved = self.stopper.update(value)
             if improved:
-                best_val = val  # the best checkpoint's validation result: no need to evaluate it again
+                self.best_epoch, self.best_val = epoch, val  # no need to evaluate the best epoch again
             self._stop_stalled_tasks(val)
-            if improved and self.context.is_main:
-                self._save("best.pt", epoch, value, full=False)
-            if self.context.is_main:
-                self._save("last.pt", epoch, value, full=True)
             self._step_scheduler(value)
+            seconds = time.perf_counter() - t0
+            self.epoch, self.seconds = epoch, self.seconds + seconds
             if self.context.is_main:
-                self._log_epoch(epoch, lam, train_stats, val, value, improved, time.perf_counter() - t0)
-            if stopper.should_stop or len(self.frozen) == len(self.specs):
-                break
-        return self._finish(epoch, stopper, time.perf_counter() - start, best_val)
+                self._log_epoch(epoch, lam, train_stats, val, value, improved, seconds)
+                self.run.save_checkpoint(LAST, self.state_dict())
+                self.committed = epoch
+                if improved:
+                    self._save_best()
+            self.context.barrier()
+
+    def _done(self) -> bool:
+        return (
+            self.epoch >= self.cfg.train.epochs
+            or self.stopper.should_stop
+            or (bool(self.specs) and len(self.frozen) == len(self.specs))
+        )
+
+    def _interrupted_message(self) -> str:
+        where = str(self.run_path)
+        if self.committed == 0:
+            return f"training interrupted ({where}): no epoch was completed, so there is no checkpoint yet"
+        return (
+            f"training interrupted ({where}): the last complete checkpoint is epoch {self.committed} in last.pt; "
+            f"continue with 'sparsemtl train --resume {where}'"
+        )
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self.net.train()
@@ -218,9 +336,12 @@ class Trainer:
         for step, batch in enumerate(bar):
             loss, task_losses, weights = self._train_step(batch)
             if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss became {loss} at epoch {epoch}, step {step}; best checkpoint kept in {self.run_dir}"
+                kept = (
+                    f"the best checkpoint (epoch {self.best_epoch}) is kept in {self.run.path / BEST}"
+                    if self.best_epoch and self.run is not None
+                    else "no checkpoint was written before it"
                 )
+                raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch}, step {step}; {kept}")
             n = batch["image"].shape[0]
             total_loss += loss * n
             count += n
@@ -235,17 +356,21 @@ class Trainer:
 
     def _stop_stalled_tasks(self, val: EvalResult) -> None:
         """Freeze the head of every task whose validation loss stopped improving."""
+        newly_frozen = False
         for task, task_stopper in self.task_stoppers.items():
             if task in self.frozen:
                 continue
             task_stopper.update(val.losses[task])
             if task_stopper.should_stop:
-                for p in self.model.heads[task].parameters():
-                    p.requires_grad_(False)
-                self.frozen.append(task)
-        if self.frozen and self.context.distributed:  # DDP must not wait for gradients of frozen heads
-            device_ids = [self.device] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+                self._freeze(task)
+                newly_frozen = True
+        if newly_frozen and self.context.distributed:  # DDP must not wait for gradients of frozen heads
+            self.net = self._wrap()
+
+    def _freeze(self, task: str) -> None:
+        for p in self.model.heads[task].parameters():
+            p.requires_grad_(False)
+        self.frozen.append(task)
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float], dict[str, float]]:
         images = batch["image"].to(self.device, non_blocking=True)
@@ -281,21 +406,21 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------- outputs
-    def _save(self, name: str, epoch: int, value: float, full: bool) -> None:
-        payload: dict[str, Any] = {
-            "format": "sparsemtl-checkpoint-v1",
-            "epoch": epoch,
-            "monitor": {"name": self.monitor.name, "value": value},
+    def _model_payload(self) -> dict[str, Any]:
+        """What every checkpoint holds: enough to rebuild and use the model on its own."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "monitor": {"name": self.monitor.name, "value": self.stopper.best},
             "config": self.cfg.to_dict(),
             "task_specs": {n: s.to_dict() for n, s in self.specs.items()},
             "model": self.model.state_dict(),
             "loss_weighting": self.weighting.state_dict(),
         }
-        if full:
-            payload["optimizer"] = self.optimizer.state_dict()
-            payload["scheduler"] = self.scheduler.state_dict() if self.scheduler is not None else None
-            payload["scaler"] = self.scaler.state_dict()
-        save_checkpoint(payload, self.run_dir / name)
+
+    def _save_best(self) -> None:
+        """Called right after the best epoch's last.pt: the current model is the best one."""
+        self.run.save_checkpoint(BEST, self._model_payload())
 
     def _log_epoch(
         self,
@@ -308,19 +433,19 @@ class Trainer:
         seconds: float,
     ) -> None:
         report = sparsity_report(self.structure, self.cfg.sparsity.grouping)
-        record = {
-            "epoch": epoch,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "lam": lam,
-            "train": train,
-            "val": val.to_dict(),
-            "monitor": {"name": self.monitor.name, "value": value, "improved": improved},
-            "frozen_tasks": list(self.frozen),
-            "sparsity": report.summary(),
-            "seconds": seconds,
-        }
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record, allow_nan=True) + "\n")
+        self.run.append_metrics(
+            {
+                "epoch": epoch,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "lam": lam,
+                "train": train,
+                "val": val.to_dict(),
+                "monitor": {"name": self.monitor.name, "value": value, "improved": improved},
+                "frozen_tasks": list(self.frozen),
+                "sparsity": report.summary(),
+                "seconds": seconds,
+            }
+        )
         if self.cfg.train.progress:
             print(
                 f"epoch {epoch}/{self.cfg.train.epochs}: train loss {train['loss']:.4f}, "
@@ -329,53 +454,99 @@ class Trainer:
                 flush=True,
             )
 
-    def _finish(
-        self, epochs_run: int, stopper: EarlyStopping, seconds: float, val: EvalResult | None
-    ) -> dict[str, Any]:
+    def _finish(self) -> RunSummary:
+        """Evaluate the best checkpoint on test and write ``summary.json``."""
         self.context.barrier()
-        if val is None or not (self.run_dir / "best.pt").exists():
-            raise NonFiniteLossError(f"no epoch produced a finite validation {self.monitor.name}; nothing to evaluate")
-        best = load_checkpoint(self.run_dir / "best.pt", self.device)
+        if self.best_val is None:
+            raise NonFiniteLossError(
+                f"no epoch produced a finite validation {self.monitor.name}; there is no best checkpoint to evaluate"
+            )
+        best = load_checkpoint(self.run_path / BEST, self.device)
         self.model.load_state_dict(best["model"])
         self.weighting.load_state_dict(best["loss_weighting"])
         test = self.evaluate("test")
         report = model_sparsity_report(self.model, self.cfg.sparsity.grouping, self.cfg.sparsity.modules)
-        summary = {
-            "run_dir": str(self.run_dir),
-            "tasks": list(self.specs),
-            "frozen_tasks": list(self.frozen),
-            "best_epoch": best["epoch"],
-            "epochs_run": epochs_run,
-            "stopped_early": stopper.should_stop,
-            "monitor": best["monitor"],
-            "val": val.to_dict(),
-            "test": test.to_dict(),
-            "sparsity": {**report.to_dict(), "settings": dataclasses.asdict(self.cfg.sparsity)},
-            "parameters": self.model.parameter_counts(),
-            "train_seconds": seconds,
-            "device": str(self.device),
-            "world_size": self.context.world_size,
-            "note": "val and test are both evaluated with the best checkpoint (selected on val)",
-        }
+        summary = RunSummary(
+            run_dir=str(self.run_path),
+            tasks=list(self.specs),
+            frozen_tasks=list(self.frozen),
+            best_epoch=int(best["epoch"]),
+            epochs_run=self.epoch,
+            stopped_early=self.stopper.should_stop,
+            monitor=best["monitor"],
+            val=self.best_val.to_dict(),
+            test=test.to_dict(),
+            sparsity={**report.to_dict(), "settings": dataclasses.asdict(self.cfg.sparsity)},
+            parameters=self.model.parameter_counts(),
+            train_seconds=self.seconds,
+            device=str(self.device),
+            world_size=self.context.world_size,
+            resumed=self.resumed,
+        )
         if self.baselines:
-            summary["delta"] = multitask_deltas(test.metrics, self.baselines, self.specs)
-            summary["baselines"] = dict(self.cfg.train.baselines)
+            summary.delta = multitask_deltas(test.metrics, self.baselines, self.specs)
+            summary.baselines = dict(self.cfg.train.baselines)
         if self.context.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+            self.run.write_summary(summary)
             if self.cfg.train.progress and self.baselines:
-                print("\n".join(d["describe"] for d in summary["delta"].values()), flush=True)
+                print("\n".join(d["describe"] for d in summary.delta.values()), flush=True)
         return summary
 
 
-def default_run_dir(cfg: Config) -> Path:
-    """``out_dir/name``, or an informative timestamped name when none is given."""
-    if cfg.train.name:
-        return Path(cfg.train.out_dir) / cfg.train.name
+def default_run_name(cfg: Config) -> str:
+    """An informative name: dataset, tasks, dense/sparse and the start time (a suffix is added
+    by :meth:`RunDir.create` when another run took the name first)."""
     kind = "sparse" if cfg.sparsity.penalty != "none" and cfg.sparsity.lam > 0 else "dense"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.train.out_dir) / f"{cfg.data.name}-{'+'.join(cfg.tasks)}-{kind}-{stamp}"
+    return f"{cfg.data.name}-{'+'.join(cfg.tasks)}-{kind}-{stamp}"
 
 
-def train(cfg: Config, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train one run from a config and return its summary (the Python API behind ``sparsemtl train``)."""
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (preemption, ``kill``) stops training like Ctrl-C: between two atomic writes."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def new_run(cfg: Config, path: str | Path | None = None) -> RunDir:
+    """A new, locked run directory: ``path``, or ``train.out_dir/train.name``, or a unique
+    informative name in ``train.out_dir``."""
+    if path is None:
+        return RunDir.create(cfg.train.out_dir, cfg.train.name, default_run_name(cfg)).acquire()
+    path = Path(path)
+    return RunDir.create(path.parent, path.name, path.name).acquire()
+
+
+def train(cfg: Config, run_dir: str | Path | None = None) -> RunSummary:
+    """Train one run from a config into a new run directory (``run_dir``, or
+    ``train.out_dir/train.name``, or an informative unique name) and return its summary."""
     return Trainer(cfg, run_dir).fit()
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None) -> RunSummary:
+    """Continue an interrupted run from its last complete epoch with all training state.
+
+    Only the keys in :data:`sparsemtl.runs.RESUME_MAY_CHANGE` may be overridden; a finished run
+    cannot be resumed. A run killed after its last epoch but before ``summary.json`` finishes by
+    evaluating its best checkpoint."""
+    run = RunDir.open(run_dir)
+    if run.finished:
+        raise RunError(f"run {str(run.path)!r} has already finished (summary.json exists); start a new run instead")
+    cfg = config_from_dict(apply_overrides(run.read_config_dict(), list(overrides or [])))
+    check_resume_config(run, cfg)
+    context, _ = init_process_context(cfg.train.device)
+    if context.is_main:
+        run.acquire()
+        run.write_config(cfg)
+    return Trainer(cfg, run, resume=True).fit()

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sparsemtl.training import CheckpointError, load_checkpoint, save_checkpoint
+from sparsemtl.errors import CheckpointError
+from sparsemtl.runs import load_checkpoint, save_checkpoint
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -25,5 +26,5 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="bad.pt. could not be read") as info:
         load_checkpoint(bad)
     assert "\n" not in str(info.value)
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(CheckpointError, match="missing.pt. does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
