@@ -58,6 +58,22 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _check_data(args: argparse.Namespace) -> None:
+    from .data.check import check_data
+    from .errors import DataError
+    from .runs import atomic_write_json
+
+    cfg = load_config(args.config, args.overrides)
+    splits = args.split or ["train", "val", "test"]
+    report = check_data(cfg.data, cfg.tasks, splits, raise_errors=False)
+    print(report.summary())
+    if args.json:
+        atomic_write_json(Path(args.json), report.to_dict())
+        print(f"wrote {args.json}")
+    if not report.ok:
+        raise DataError(report.failure())
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -146,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="data.* / train.device / train.amp overrides")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser(
+        "check-data",
+        help="check every file of a config's dataset (readable, consistent, plausible) without training",
+    )
+    p.add_argument("--config", default=None, help="YAML config file whose data and tasks are checked")
+    p.add_argument("--split", nargs="+", choices=("train", "val", "test"), help="splits to check (default all)")
+    p.add_argument("--json", default=None, help="write the full report (every bad sample) to this JSON file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=DIR")
+    p.set_defaults(func=_check_data)
+
     p = sub.add_parser("demo", help="train a dense and a group-sparse model on synthetic-scenes and compare them")
     p.add_argument("--out", default=None, help="output folder (default: demo-runs/<timestamp>)")
     p.add_argument(
@@ -231,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(build_parser(), argv)
         args.func(args)
     except SparsemtlError as exc:
-        return _fail(one_line(exc), exc.exit_code, debug)
+        return _fail(_message(exc), exc.exit_code, debug)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, debug)
     except SystemExit as exc:  # --help and friends
@@ -247,6 +273,16 @@ def main(argv: list[str] | None = None) -> int:
             debug,
         )
     return 0
+
+
+def _message(exc: SparsemtlError) -> str:
+    """One line; an error re-raised from a DataLoader worker carries the worker's traceback in
+    its message, of which only the original error's own last line is kept."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(exc).__module__) else last
+    return one_line(text)
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

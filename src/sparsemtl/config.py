@@ -71,6 +71,7 @@ class SparsityConfig:
     reweight: Literal["sqrt_size", "none"] = "sqrt_size"
     warmup_epochs: int = 0
     ramp_epochs: int = 0
+    prox_metric: Literal["corrected", "reference"] = "corrected"
 
 
 @dataclass
@@ -145,6 +146,8 @@ _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "data.num_train": (lambda v: v >= 1, "an integer >= 1"),
     "data.val_fraction": (lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
     "data.classes": (lambda v: v >= 0, "an integer >= 0 (0 = the dataset's default)"),
+    "data.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "train.seed": (lambda v: v >= 0, "an integer >= 0"),
     "data.depth_scale": (lambda v: v > 0.0, "a number > 0 (metres per stored depth unit, e.g. 0.001 for mm)"),
     "data.num_val": (lambda v: v >= 1, "an integer >= 1"),
     "data.num_test": (lambda v: v >= 1, "an integer >= 1"),

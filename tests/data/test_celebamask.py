@@ -29,6 +29,7 @@ from sparsemtl.data.celebamask import (
     prepare_celebamask,
     read_attributes,
     read_mapping,
+    read_partition,
     remap,
 )
 
@@ -138,6 +139,17 @@ def test_partition_file_and_limit(tmp_path):
     counts = prepare_celebamask(raw, tmp_path / "out", size=8, partition_file=part, limit=3)
     assert counts == {"train": 1, "val": 1, "test": 1, "total": 3}
     assert (tmp_path / "out" / "splits" / "test.txt").read_text().split() == ["0"]
+
+
+def test_prepare_warns_about_empty_splits(tmp_path):
+    raw = make_release(tmp_path / "raw")
+    with pytest.warns(UserWarning) as caught:
+        counts = prepare_celebamask(raw, tmp_path / "out", size=8, limit=1)
+    assert counts == {"train": 1, "val": 0, "test": 0, "total": 1}
+    assert [str(w.message).split(": ")[0] for w in caught] == [
+        str(tmp_path / "out" / "splits" / "val.txt"),
+        str(tmp_path / "out" / "splits" / "test.txt"),
+    ]
 
 
 def test_fallback_boundaries_follow_celeba_file_numbers():
@@ -283,9 +295,75 @@ def test_real_release_end_to_end(tmp_path):
         shutil.copy(CELEBA / "maskgan-demo-samples" / f"{idx}.png", tmp_path / "merged")
     for name in ("CelebAMask-HQ-attribute-anno.txt", "CelebA-HQ-to-CelebA-mapping.txt"):
         shutil.copy(CELEBA / "CelebAMask-HQ" / name, raw)
-    counts = prepare_celebamask(raw, tmp_path / "out", size=64, merged=tmp_path / "merged")
+    with pytest.warns(UserWarning) as caught:
+        counts = prepare_celebamask(raw, tmp_path / "out", size=64, merged=tmp_path / "merged")
+    assert [str(w.message).split(": ")[1].split(";")[0] for w in caught] == [
+        "no val sample among the 2 prepared images",
+        "no test sample among the 2 prepared images",
+    ]
     assert counts["total"] == 2  # orig_idx 119613 and 99094: both train
     assert counts["train"] == 2
     sample = CelebAMaskHQ(tmp_path / "out", "train")[0]
     assert sample["image"].shape == (3, 64, 64) and set(sample["segmentation"].unique().tolist()) == {0, 1, 2}
     assert sample["male"].item() == 0.0 and sample["smiling"].item() == 1.0
+
+
+# ---------------------------------------------------------------- split lists and prepare inputs
+
+
+def _error(build) -> str:
+    with pytest.raises(DataError) as err:
+        build()
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_empty_val_or_test_split_fails_at_construction(prepared):
+    """An empty split used to give NaN metrics and a 'best' epoch at loss 0."""
+    for split in ("val", "test"):
+        (prepared / "splits" / f"{split}.txt").write_text("")
+        message = _error(lambda: CelebAMaskHQ(prepared, split))
+        assert message == f"{prepared / 'splits' / f'{split}.txt'}: empty split file; expected one sample id per line"
+    assert len(CelebAMaskHQ(prepared, "train")) == 1
+
+
+def test_split_lists_must_be_disjoint_and_without_repeats(prepared):
+    (prepared / "splits" / "val.txt").write_text("1\n2\n0\n")
+    message = _error(lambda: CelebAMaskHQ(prepared, "test"))
+    assert message == (
+        f"{prepared / 'splits' / 'val.txt'}:3: id '0' is also in {prepared / 'splits' / 'train.txt'} (line 1); "
+        "a sample must be in one split only"
+    )
+    (prepared / "splits" / "val.txt").write_text("1\n2\n2\n")
+    assert _error(lambda: CelebAMaskHQ(prepared, "val")).endswith(
+        "val.txt:3: id '2' is listed twice (first on line 2); expected each id once"
+    )
+
+
+def test_skip_bad_samples_that_would_empty_a_split(prepared):
+    (prepared / "images" / "2001.png").write_bytes(b"\x89PNG\r\n")
+    message = _error(lambda: CelebAMaskHQ(prepared, "test", skip_bad_samples=True))
+    assert message.startswith(f"CelebAMask-HQ test: all 1 samples are bad; first: {prepared / 'images' / '2001.png'}: ")
+
+
+def test_prepare_input_errors_name_the_file(tmp_path):
+    raw = make_release(tmp_path / "raw")
+    mapping = raw / "CelebA-HQ-to-CelebA-mapping.txt"
+    lines = mapping.read_text().splitlines()
+    mapping.write_text("\n".join([*lines, lines[1]]) + "\n")
+    assert (
+        _error(lambda: read_mapping(mapping)) == f"{mapping}:6: second row for HQ image 0; expected one row per image"
+    )
+    mapping.write_text("\n".join(lines) + "\n")
+    part = tmp_path / "list_eval_partition.txt"
+    part.write_text("000006.jpg 0\n")
+    message = _error(lambda: prepare_celebamask(raw, tmp_path / "out", size=8, partition_file=part))
+    assert message == f"{part}: no row for 162771.jpg (HQ image 1)"
+    part.write_text("000006.jpg 0\n000006.jpg 2\n")
+    assert _error(lambda: read_partition(part)) == f"{part}:2: second row for 000006.jpg; expected one row per image"
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "images").write_text("a file where the images folder goes")
+    message = _error(lambda: prepare_celebamask(raw, tmp_path / "blocked", size=8))
+    assert message.startswith(f"{tmp_path / 'blocked' / 'images'}: cannot create the output folder (")
+    with pytest.raises(ConfigError, match=r"^CelebAMask-HQ limit: expected a positive integer, got 0$"):
+        prepare_celebamask(raw, tmp_path / "out", size=8, limit=0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsemtl.config import DataConfig
+from sparsemtl.config import ConfigError, DataConfig
 from sparsemtl.data.nyuv2 import CLASS_NAMES_13, CLASS_NAMES_40, LABELS13, DataError, NYUv2, build_nyuv2
 from sparsemtl.tasks.spec import IGNORE_INDEX
 
@@ -228,7 +228,7 @@ BAD_CASES = {
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_bad_sample_raises_one_line_naming_file(tmp_path: Path, case: str) -> None:
     corrupt, file, problem = BAD_CASES[case]
-    root = make_nyud(tmp_path, ["a", "b"], ["b", "c"])
+    root = make_nyud(tmp_path, ["a", "d"], ["b", "c"])
     corrupt(root)
     dataset = NYUv2(root, "test")
     dataset[0]
@@ -254,7 +254,7 @@ def test_empty_split_file_fails_at_construction(nyud: Path) -> None:
 
 
 def test_skip_bad_samples_drops_and_counts(tmp_path: Path) -> None:
-    root = make_nyud(tmp_path, ["a", "b"], ["a", "b", "c", "d"])
+    root = make_nyud(tmp_path, ["e", "f"], ["a", "b", "c", "d"])
     _truncate_image(root)
     np.save(root / "depth" / "a.npy", np.full(SIZE, np.inf, np.float32))
     with pytest.warns(UserWarning, match=r"NYU-v2 test: skipped 2 bad sample\(s\) of 4"):
@@ -296,7 +296,7 @@ def real_nyud(tmp_path_factory: pytest.TempPathFactory) -> Path:
     normals = rgb.astype(np.float32) * (2 / 255) - 1
     normals[(rgb == 127).all(axis=-1)] = 0.0
     np.save(root / "normals" / "433.npy", normals)
-    (root / "gt_sets" / "train.txt").write_text("433\n464\n")
+    (root / "gt_sets" / "train.txt").write_text("0001\n0002\n")  # official train frames, not copied
     (root / "gt_sets" / "val.txt").write_text("433\n464\n")
     return root
 
@@ -347,3 +347,67 @@ def test_builder_resizes_evaluation_images_only_so_metrics_use_label_resolution(
     assert train["image"].shape[-2:] == train["depth"].shape[-2:] == (16, 16)
     assert test["image"].shape[-2:] == (16, 16)
     assert test["segmentation"].shape == SIZE and test["depth"].shape[-2:] == SIZE
+
+
+# ---------------------------------------------------------------- split lists, depth scale, class count (loader)
+
+
+def _one_line_error(build) -> str:
+    with pytest.raises(DataError) as err:
+        build()
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_split_list_errors_fail_at_construction(tmp_path: Path) -> None:
+    root = make_nyud(tmp_path, ["a", "b", "c"], ["d"])
+    (root / "gt_sets" / "train.txt").write_text("a\nb\n\na\nc\n")
+    message = _one_line_error(lambda: NYUv2(root, "val"))
+    assert (
+        message
+        == f"{root / 'gt_sets' / 'train.txt'}:4: id 'a' is listed twice (first on line 1); expected each id once"
+    )
+    (root / "gt_sets" / "train.txt").write_text("a\nb\nc\n")
+    (root / "gt_sets" / "val.txt").write_text("d\nb\n")
+    message = _one_line_error(lambda: NYUv2(root, "train"))
+    assert message == (
+        f"{root / 'gt_sets' / 'val.txt'}:2: id 'b' is also in {root / 'gt_sets' / 'train.txt'} (line 2); "
+        "a sample must be in one split only"
+    )
+    (root / "gt_sets" / "val.txt").write_text("d\n")
+    (root / "gt_sets" / "train.txt").write_text("a\n")
+    message = _one_line_error(lambda: NYUv2(root, "train"))
+    assert message == (
+        f"{root / 'gt_sets' / 'train.txt'}: cannot carve a validation split (data.val_fraction) out of "
+        "1 training sample(s); expected at least 2"
+    )
+
+
+def test_loader_applies_depth_scale(tmp_path: Path) -> None:
+    root = make_nyud(tmp_path, ["a", "b"], ["c"])
+    stored = np.zeros(SIZE, np.uint16)
+    stored[2, 3], stored[4, 5] = 1500, 65535  # millimetres as uint16, like many extractions
+    np.save(root / "depth" / "c.npy", stored)
+    depth = NYUv2(root, "test", depth_scale=0.001)[0]["depth"][0]
+    assert depth[2, 3].item() == pytest.approx(1.5) and depth[4, 5].item() == pytest.approx(65.535)
+    assert int((depth > 0).sum()) == 2
+    cfg = DataConfig(name="nyuv2", root=str(root), depth_scale=0.001)
+    assert build_nyuv2(cfg, "test")[0]["depth"][0, 2, 3].item() == pytest.approx(1.5)
+    with pytest.raises(ConfigError, match=r"^config key 'data.depth_scale': expected metres per stored unit > 0"):
+        NYUv2(root, "test", depth_scale=0.0)
+
+
+def test_mtan_tree_read_with_40_classes(mtan: Path) -> None:
+    message = _one_line_error(lambda: NYUv2(mtan, "test", classes=40))
+    assert message == (
+        f"{mtan}: an MTAN tree has 13 classes (label ids -1..12) but data.classes is 40; set data.classes=13 or 0"
+    )
+    assert NYUv2(mtan, "test", classes=13).task_specs["segmentation"].num_classes == 13
+
+
+def test_skip_bad_samples_with_no_good_sample_left(tmp_path: Path) -> None:
+    root = make_nyud(tmp_path, ["a", "b"], ["c", "d"])
+    for sample_id in ("c", "d"):
+        (root / "depth" / f"{sample_id}.npy").unlink()
+    message = _one_line_error(lambda: NYUv2(root, "test", skip_bad_samples=True))
+    assert message == f"NYU-v2 test: all 2 samples are bad; first: {root / 'depth' / 'c.npy'}: missing depth label file"

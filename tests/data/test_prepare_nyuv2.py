@@ -243,7 +243,7 @@ def test_errors_mappings_and_splits(setup, tmp_path):
     scipy_io.savemat(meta / "splits.mat", {"train": np.ones((2, 1))})
     with pytest.raises(DataError, match=r"splits\.mat: missing variable 'trainNdxs'"):
         prepare_nyuv2(mat, meta, tmp_path / "out")
-    with pytest.raises(ValueError, match="classes must be 40 or 13"):
+    with pytest.raises(DataError, match=r"^prepare nyuv2 --classes: expected 40 or 13, got 894$"):
         prepare_nyuv2(mat, meta, tmp_path / "out", classes=894)
 
 
@@ -276,3 +276,63 @@ def test_real_companion_files():
     labels13 = scipy_io.loadmat(REAL_META / "class13Mapping.mat")["classMapping13"]["labels13"][0, 0].ravel()
     assert tuple(labels13) == LABELS13
     assert np.array_equal(lut13, np.concatenate([[0], labels13])[lut40])
+
+
+# ---------------------------------------------------------------- more bad inputs, each one DataError line
+
+
+def _error(build) -> str:
+    with pytest.raises(DataError) as err:
+        build()
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_split_frames_listed_twice_or_in_both_lists(setup, tmp_path):
+    mat, _, _ = setup
+    meta = _write_meta(tmp_path / "dup", train=[1, 3, 1], test=[2, 4])
+    message = _error(lambda: prepare_nyuv2(mat, meta, tmp_path / "out"))
+    assert message == f"{meta / 'splits.mat'}: 'trainNdxs' lists frame 1 twice; expected each frame once"
+    meta = _write_meta(tmp_path / "both", train=[1, 3, 5], test=[2, 3, 5])
+    message = _error(lambda: prepare_nyuv2(mat, meta, tmp_path / "out"))
+    assert message == f"{meta / 'splits.mat'}: frame 3 is in both 'trainNdxs' and 'testNdxs' (2 frames in both)"
+
+
+def test_bad_frame_values_and_unreadable_frames(tmp_path):
+    images, depths, labels = _frames()
+    meta = _write_meta(tmp_path / "meta")
+    depths[3, 2, 2] = np.nan
+    mat = _write_labeled(tmp_path / "nan.mat", images, depths, labels)
+    assert _error(lambda: prepare_nyuv2(mat, meta, tmp_path / "out")) == (
+        f"{mat}: frame 4 depths must be finite metres >= 0"
+    )
+    images, depths, labels = _frames()
+    mat = tmp_path / "corrupt.mat"
+    with h5py.File(mat, "w") as f:
+        f.create_dataset("images", data=images.transpose(0, 3, 2, 1), chunks=(1, 3, W, H), compression="gzip")
+        f.create_dataset("depths", data=depths.transpose(0, 2, 1))
+        f.create_dataset("labels", data=labels.transpose(0, 2, 1))
+        chunk = f["images"].id.get_chunk_info(0)  # frame 1, compressed
+    with open(mat, "r+b") as fh:
+        fh.seek(chunk.byte_offset)
+        fh.write(b"\x00" * chunk.size)
+    message = _error(lambda: prepare_nyuv2(mat, meta, tmp_path / "out"))
+    assert message.startswith(f"{mat}: cannot read frame 1 (")
+
+
+def test_bad_arguments_and_mapping_values(setup, tmp_path):
+    mat, meta, _ = setup
+    assert _error(lambda: prepare_nyuv2(mat, meta, tmp_path / "out", size=(0, 4))) == (
+        "prepare nyuv2 --size: expected H W, two positive integers, got (0, 4)"
+    )
+    assert _error(lambda: prepare_nyuv2(mat, meta, tmp_path / "out", limit=0)) == (
+        "prepare nyuv2 --limit: expected a positive integer, got 0"
+    )
+    names = _write_meta(tmp_path / "names", map40=np.array([f"c{k}" for k in range(894)]))
+    assert _error(lambda: load_class_mapping(names)) == (
+        f"{names / 'classMapping40.mat'}: 'mapClass' must hold class numbers, got <U4 values"
+    )
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "images").write_text("a file where the images folder goes")
+    message = _error(lambda: prepare_nyuv2(mat, meta, tmp_path / "blocked"))
+    assert message.startswith(f"{tmp_path / 'blocked' / 'images'}: cannot create the output folder (")

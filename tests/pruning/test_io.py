@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from sparsemtl.data import build_dataset, select_tasks
-from sparsemtl.models import build_model
-from sparsemtl.pruning import load_model, prune_model, prune_run, save_pruned
 from sparsemtl.errors import CheckpointError
+from sparsemtl.models import build_model
 from sparsemtl.models.widths import changed_widths
+from sparsemtl.pruning import load_model, prune_model, prune_run, save_pruned
 from sparsemtl.runs import save_checkpoint
 
 from .test_prune import zero_coupled

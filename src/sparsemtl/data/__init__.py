@@ -44,7 +44,7 @@ def build_dataset(cfg: DataConfig, split: str, tasks: Sequence[str] | None = Non
     """The ``split`` ('train', 'val' or 'test') of the configured dataset; ``tasks`` (default: all
     the dataset has) lets file-based datasets read only the files those tasks need."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     try:
         builder = DATASETS.get(cfg.name)
     except KeyError as exc:

@@ -42,8 +42,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig
+from ..errors import DataError, one_line
 from ..tasks.spec import TaskSpec
-from .nyuv2 import DataError, _one_line, _read_pil, _resize, keep_loadable
+from .nyuv2 import _read_pil, _resize, keep_loadable
+from .sample_check import SampleFacts, class_count_problem, verify_image
+from .split_lists import split_ids
 
 PARTS = (
     "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip",
@@ -105,7 +108,7 @@ def _lines(path: Path, what: str) -> list[str]:
     try:
         return [line for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable {what} ({_one_line(exc)})") from None
+        raise DataError(f"{path}: unreadable {what} ({one_line(exc)})") from None
 
 
 def _hq_id(name: str, path: Path, lineno: int) -> int:
@@ -155,6 +158,8 @@ def read_mapping(path: str | Path) -> dict[int, tuple[int, str]]:
             continue
         if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
             raise DataError(f"{path}:{lineno}: expected 'idx orig_idx orig_file', got {line.strip()!r}")
+        if int(fields[0]) in rows:
+            raise DataError(f"{path}:{lineno}: second row for HQ image {fields[0]}; expected one row per image")
         rows[int(fields[0])] = (int(fields[1]), fields[2])
     if not rows:
         raise DataError(f"{path}: no rows")
@@ -169,6 +174,8 @@ def read_partition(path: str | Path) -> dict[str, int]:
         fields = line.split()
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
             raise DataError(f"{path}:{lineno}: expected '<file>.jpg 0|1|2', got {line.strip()!r}")
+        if fields[0] in rows:
+            raise DataError(f"{path}:{lineno}: second row for {fields[0]}; expected one row per image")
         rows[fields[0]] = int(fields[1])
     return rows
 
@@ -180,20 +187,25 @@ def partition_of(orig_idx: int) -> int:
 
 
 def official_splits(
-    ids: list[int], mapping: dict[int, tuple[int, str]], partition: dict[str, int] | None = None, source: str = ""
+    ids: list[int],
+    mapping: dict[int, tuple[int, str]],
+    partition: dict[str, int] | None = None,
+    mapping_path: str | Path = "CelebA-HQ-to-CelebA-mapping.txt",
+    partition_path: str | Path = "list_eval_partition.txt",
 ) -> dict[str, list[int]]:
-    """HQ ids per split, by the partition file joined on orig_file, else by :func:`partition_of`."""
+    """HQ ids per split, by the partition file joined on orig_file, else by :func:`partition_of`;
+    the paths name the files in messages."""
     splits: dict[str, list[int]] = {s: [] for s in SPLITS}
     for idx in ids:
         if idx not in mapping:
-            raise DataError(f"{source}: no row for HQ image {idx}")
+            raise DataError(f"{mapping_path}: no row for HQ image {idx}")
         orig_idx, orig_file = mapping[idx]
         if partition is None:
             part = partition_of(orig_idx)
         elif orig_file in partition:
             part = partition[orig_file]
         else:
-            raise DataError(f"partition file: no row for {orig_file} (HQ image {idx})")
+            raise DataError(f"{partition_path}: no row for {orig_file} (HQ image {idx})")
         splits[SPLITS[part]].append(idx)
     return splits
 
@@ -278,7 +290,17 @@ def _save(arr: np.ndarray, path: Path, size: int, resample: Image.Resampling) ->
     img = Image.fromarray(arr)
     if img.size != (size, size):
         img = img.resize((size, size), resample)
-    img.save(path)
+    try:
+        img.save(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({one_line(exc)})") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({one_line(exc)})") from None
 
 
 def prepare_celebamask(
@@ -302,6 +324,8 @@ def prepare_celebamask(
         raise DataError(f"{raw}: missing CelebAMask-HQ folder")
     if size < 1:
         raise ConfigError(f"CelebAMask-HQ size: expected a positive integer, got {size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"CelebAMask-HQ limit: expected a positive integer, got {limit}")
     lut = check_mapping(mapping)
     names, values = read_attributes(raw / "CelebAMask-HQ-attribute-anno.txt")
     mapping_path = raw / "CelebA-HQ-to-CelebA-mapping.txt"
@@ -309,10 +333,13 @@ def prepare_celebamask(
     partition = read_partition(partition_file) if partition_file is not None else None
     kind, labels_dir = _label_source(raw, None if merged is None else Path(merged))
     ids = list(values)[:limit] if limit is not None else list(values)
-    splits = official_splits(ids, rows, partition, source=str(mapping_path))
+    splits = official_splits(ids, rows, partition, mapping_path, partition_file or "")
 
     for sub in ("images", "labels19", "labels3", "splits"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"{out / sub}: cannot create the output folder ({one_line(exc)})") from None
     for idx in ids:
         image_path = raw / "CelebA-HQ-img" / f"{idx}.jpg"
         if not image_path.is_file():
@@ -323,12 +350,19 @@ def prepare_celebamask(
         _save(label, out / "labels19" / f"{idx}.png", size, Image.Resampling.NEAREST)
         _save(lut[label], out / "labels3" / f"{idx}.png", size, Image.Resampling.NEAREST)
     for split, members in splits.items():
-        (out / "splits" / f"{split}.txt").write_text("".join(f"{i}\n" for i in members))
-    (out / "attributes.json").write_text(
-        json.dumps({"names": list(names), "values": {str(i): values[i] for i in ids}}, separators=(",", ":"))
+        _write_text(out / "splits" / f"{split}.txt", "".join(f"{i}\n" for i in members))
+        if not members:
+            warnings.warn(
+                f"{out / 'splits' / f'{split}.txt'}: no {split} sample among the {len(ids)} prepared images; "
+                "training needs samples in train, val and test",
+                stacklevel=2,
+            )
+    _write_text(
+        out / "attributes.json",
+        json.dumps({"names": list(names), "values": {str(i): values[i] for i in ids}}, separators=(",", ":")),
     )
     info = {"size": size, "labels": kind, "mapping": {str(k): int(v) for k, v in sorted(mapping.items())}}
-    (out / "info.json").write_text(json.dumps(info, indent=1))
+    _write_text(out / "info.json", json.dumps(info, indent=1))
     return {**{s: len(m) for s, m in splits.items()}, "total": len(ids)}
 
 
@@ -341,8 +375,9 @@ class CelebAMaskHQ(Dataset):
     ``classes`` picks ``labels3`` (background / hair / skin) or ``labels19`` (official order).
     ``attributes`` are CelebA names in any case (``"Male"`` or ``"male"``); each becomes a float
     scalar sample entry under its lowercase name. ``image_size`` resizes on load (image bilinear,
-    labels nearest). With ``skip_bad_samples`` every sample is read once and bad ones are dropped
-    and listed in ``skipped``.
+    labels nearest). A missing or empty split list, an id listed twice or in two splits fail at
+    construction. With ``skip_bad_samples`` every sample is checked once (:meth:`check_sample`) and
+    bad ones are dropped and listed in ``skipped``.
     """
 
     def __init__(
@@ -356,31 +391,30 @@ class CelebAMaskHQ(Dataset):
         skip_bad_samples: bool = False,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of train, val, test")
+            raise ConfigError(f"unknown split {split!r}; expected one of train, val, test")
         if classes not in (3, 19):
             raise ConfigError(f"CelebAMask-HQ classes: expected 3 or 19, got {classes!r}")
         self.root = Path(root)
         self.split = split
         self.classes = classes
         self.image_size = tuple(image_size) if image_size is not None else None
-        split_path = self.root / "splits" / f"{split}.txt"
-        self.sample_ids: list[str] = [line.strip() for line in _lines(split_path, "split file") if line.strip()]
-        attr_path = self.root / "attributes.json"
-        if not attr_path.is_file():
-            raise DataError(f"{attr_path}: missing attribute file (run prepare_celebamask)")
+        self.sample_ids: list[str] = split_ids({s: self.root / "splits" / f"{s}.txt" for s in SPLITS}, split)
+        self._attr_path = self.root / "attributes.json"
+        if not self._attr_path.is_file():
+            raise DataError(f"{self._attr_path}: missing attribute file (run prepare_celebamask)")
         try:
-            table = json.loads(attr_path.read_text())
-            names, self._values = list(table["names"]), table["values"]
+            table = json.loads(self._attr_path.read_text())
+            self._names, self._values = list(table["names"]), dict(table["values"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{attr_path}: malformed attribute file ({_one_line(exc)})") from None
-        lower = {n.lower(): i for i, n in enumerate(names)}
+            raise DataError(f"{self._attr_path}: malformed attribute file ({one_line(exc)})") from None
+        lower = {n.lower(): i for i, n in enumerate(self._names)}
         unknown = [a for a in attributes if a.lower() not in lower]
         if unknown:
-            raise ConfigError(f"CelebAMask-HQ has no attribute {unknown[0]!r}; available: {', '.join(names)}")
+            raise ConfigError(f"CelebAMask-HQ has no attribute {unknown[0]!r}; available: {', '.join(self._names)}")
         self.attributes = {a.lower(): lower[a.lower()] for a in attributes}
         self.skipped: list[tuple[str, str]] = []
         if skip_bad_samples:
-            self._drop_bad_samples()
+            self.sample_ids, self.skipped = keep_loadable(self.sample_ids, self.check_sample, f"CelebAMask-HQ {split}")
 
     @property
     def task_specs(self) -> dict[str, TaskSpec]:
@@ -399,26 +433,21 @@ class CelebAMaskHQ(Dataset):
             sample.update(_resize({k: sample[k] for k in ("image", "segmentation")}, self.image_size))
         return sample
 
-    def _load(self, sample_id: str) -> dict[str, torch.Tensor]:
+    def _paths(self, sample_id: str) -> tuple[Path, Path]:
+        """(image, label) files of ``sample_id``; DataError if one is missing."""
         image_path = self.root / "images" / f"{sample_id}.png"
         label_path = self.root / f"labels{self.classes}" / f"{sample_id}.png"
         for path, what in ((image_path, "image"), (label_path, "label")):
             if not path.is_file():
                 raise DataError(f"{path}: missing {what} file")
+        return image_path, label_path
+
+    def _load(self, sample_id: str) -> dict[str, torch.Tensor]:
+        image_path, label_path = self._paths(sample_id)
         image = _read_pil(image_path, "RGB")
         label = _read_pil(label_path, None)
-        if label.ndim != 2:
-            raise DataError(f"{label_path}: label has shape {label.shape}, expected (H, W)")
-        if label.shape != image.shape[:2]:
-            raise DataError(
-                f"{label_path}: label is {label.shape[0]}x{label.shape[1]} "
-                f"but its image is {image.shape[0]}x{image.shape[1]}"
-            )
-        if label.size and int(label.max()) >= self.classes:
-            raise DataError(f"{label_path}: class id {int(label.max())} out of range 0..{self.classes - 1}")
-        row = self._values.get(sample_id)
-        if row is None:
-            raise DataError(f"{self.root / 'attributes.json'}: no attributes for sample {sample_id}")
+        self._check_label(label, label_path, image.shape[:2])
+        row = self._attribute_row(sample_id)
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0),
             "segmentation": torch.from_numpy(label.astype(np.int64)),
@@ -427,8 +456,45 @@ class CelebAMaskHQ(Dataset):
             sample[name] = torch.tensor(float(row[column]), dtype=torch.float32)
         return sample
 
-    def _drop_bad_samples(self) -> None:
-        self.sample_ids, self.skipped = keep_loadable(self.sample_ids, self._load, f"CelebAMask-HQ {self.split}")
+    def check_sample(self, sample_id: str, facts: SampleFacts | None = None) -> SampleFacts:
+        """Check one sample for what :meth:`__getitem__` would reject, faster (the image is verified,
+        not decoded), recording its highest class id in ``facts``; a DataError names the last of
+        ``facts.files``."""
+        facts = SampleFacts() if facts is None else facts
+        facts.files.append(self.root / "images" / f"{sample_id}.png")
+        image_path, label_path = self._paths(sample_id)
+        size = verify_image(image_path)
+        facts.files.append(label_path)
+        label = _read_pil(label_path, None)
+        facts.top_class = (label_path, int(label.max())) if label.size else None
+        self._check_label(label, label_path, size)
+        facts.files.append(self._attr_path)
+        self._attribute_row(sample_id)
+        return facts
+
+    def split_problems(self, facts: list[SampleFacts]) -> list[str]:
+        """Dataset-level problems seen in the facts of all samples: labels of the other class set (3 vs 19)."""
+        other = 19 if self.classes == 3 else 3
+        problem = class_count_problem(self.root / f"labels{self.classes}", facts, self.classes, other)
+        return [problem] if problem is not None else []
+
+    def _check_label(self, label: np.ndarray, path: Path, size: tuple[int, int]) -> None:
+        if label.ndim != 2:
+            raise DataError(f"{path}: label has shape {label.shape}, expected (H, W)")
+        if label.shape != size:
+            raise DataError(f"{path}: label is {label.shape[0]}x{label.shape[1]} but its image is {size[0]}x{size[1]}")
+        if label.size and int(label.max()) >= self.classes:
+            raise DataError(f"{path}: class id {int(label.max())} out of range 0..{self.classes - 1} (data.classes)")
+
+    def _attribute_row(self, sample_id: str) -> list[int]:
+        row = self._values.get(sample_id)
+        if row is None:
+            raise DataError(f"{self._attr_path}: no attributes for sample {sample_id}")
+        if not isinstance(row, list) or len(row) != len(self._names) or any(v not in (0, 1) for v in row):
+            raise DataError(
+                f"{self._attr_path}: attributes of sample {sample_id} must be {len(self._names)} values 0 or 1"
+            )
+        return row
 
 
 def build_celebamask(

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .nyuv2 import DataError
+from ..errors import DataError, one_line
 
 NUM_RAW_CLASSES = 894
 CROP_ROWS = (44, 471)
@@ -49,10 +49,6 @@ CROP_COLS = (40, 601)
 """0-based half-open column window of the NYU toolbox crop (MATLAB 41:601)."""
 FULL_SIZE = (480, 640)
 _NORMAL_EXTS = (".npy", ".png")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _import_h5py():
@@ -81,7 +77,7 @@ def _loadmat(path: Path) -> dict:
     try:
         return loadmat(path)
     except Exception as exc:  # scipy raises several types for corrupt or v7.3 files
-        raise DataError(f"{path}: not a readable MATLAB v5 file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: not a readable MATLAB v5 file ({one_line(exc)})") from None
 
 
 def _key(mat: dict, key: str, path: Path) -> np.ndarray:
@@ -95,6 +91,8 @@ def _mapping(arr: np.ndarray, path: Path, name: str, length: int, top: int) -> n
     """A 1-based lookup table of ``length`` entries with values in 1..top, with 0 prepended for void."""
     if arr.dtype == object or arr.size != length:
         raise DataError(f"{path}: '{name}' must have {length} entries, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{path}: '{name}' must hold class numbers, got {arr.dtype} values")
     flat = arr.reshape(-1).astype(np.int64)
     if flat.min() < 1 or flat.max() > top:
         raise DataError(f"{path}: '{name}' values must be in 1..{top}, got {flat.min()}..{flat.max()}")
@@ -104,8 +102,7 @@ def _mapping(arr: np.ndarray, path: Path, name: str, length: int, top: int) -> n
 def load_class_mapping(meta_dir: Path, classes: int = 40) -> np.ndarray:
     """Lookup table ``lut`` (895 entries) with ``lut[raw_label]`` = 0 (void) or 1..``classes``."""
     meta_dir = Path(meta_dir)
-    if classes not in (40, 13):
-        raise ValueError(f"classes must be 40 or 13, got {classes!r}")
+    _check_classes(classes)
     path40 = meta_dir / "classMapping40.mat"
     lut = _mapping(_key(_loadmat(path40), "mapClass", path40), path40, "mapClass", NUM_RAW_CLASSES, 40)
     if classes == 13:
@@ -118,8 +115,14 @@ def load_class_mapping(meta_dir: Path, classes: int = 40) -> np.ndarray:
     return lut
 
 
+def _check_classes(classes: int) -> None:
+    if classes not in (40, 13):
+        raise DataError(f"prepare nyuv2 --classes: expected 40 or 13, got {classes!r}")
+
+
 def load_splits(meta_dir: Path, num_frames: int | None = None) -> tuple[list[int], list[int]]:
-    """``(train, test)`` 1-based frame indices from ``splits.mat``, checked against ``num_frames``."""
+    """``(train, test)`` 1-based frame indices from ``splits.mat``, checked against ``num_frames``; a
+    frame listed twice, or in both lists, is an error (it would put one sample in two splits)."""
     path = Path(meta_dir) / "splits.mat"
     mat = _loadmat(path)
     out = []
@@ -132,8 +135,19 @@ def load_splits(meta_dir: Path, num_frames: int | None = None) -> tuple[list[int
         if idx.min() < 1 or idx.max() > hi:
             bound = f"1..{num_frames}" if num_frames is not None else ">= 1"
             raise DataError(f"{path}: '{name}' indices out of range ({idx.min()}..{idx.max()}, expected {bound})")
+        repeated = _first_repeat(idx)
+        if repeated is not None:
+            raise DataError(f"{path}: '{name}' lists frame {repeated} twice; expected each frame once")
         out.append([int(i) for i in idx])
+    both = sorted(set(out[0]) & set(out[1]))
+    if both:
+        raise DataError(f"{path}: frame {both[0]} is in both 'trainNdxs' and 'testNdxs' ({len(both)} frames in both)")
     return out[0], out[1]
+
+
+def _first_repeat(idx: np.ndarray) -> int | None:
+    values, counts = np.unique(idx, return_counts=True)
+    return int(values[counts > 1][0]) if (counts > 1).any() else None
 
 
 # ---------------------------------------------------------------- per-frame processing
@@ -187,8 +201,8 @@ def _read_normals(path: Path) -> np.ndarray:
         else:
             with Image.open(path) as img:
                 arr = np.asarray(img.convert("RGB")).astype(np.float32) * (2.0 / 255.0) - 1.0
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable normals ({_one_line(exc)})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: unreadable normals ({one_line(exc)})") from None
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise DataError(f"{path}: normals must have shape (H,W,3), got {arr.shape}")
     arr = arr.astype(np.float32)
@@ -218,14 +232,13 @@ def prepare_nyuv2(
     """
     labeled_mat, meta_dir, out = Path(labeled_mat), Path(meta_dir), Path(out)
     normals_dir = Path(normals_dir) if normals_dir is not None else None
-    if classes not in (40, 13):
-        raise ValueError(f"classes must be 40 or 13, got {classes!r}")
+    _check_classes(classes)
     if size is not None:
         if len(size) != 2 or min(int(v) for v in size) < 1:
-            raise ValueError(f"size must be (H, W) with positive entries, got {size!r}")
+            raise DataError(f"prepare nyuv2 --size: expected H W, two positive integers, got {size!r}")
         size = (int(size[0]), int(size[1]))
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        raise DataError(f"prepare nyuv2 --limit: expected a positive integer, got {limit!r}")
     if not labeled_mat.is_file():
         raise DataError(f"{labeled_mat}: missing file")
     if normals_dir is not None and not normals_dir.is_dir():
@@ -235,7 +248,7 @@ def prepare_nyuv2(
     try:
         h5 = h5py.File(labeled_mat, "r")
     except OSError as exc:
-        raise DataError(f"{labeled_mat}: not an HDF5 (MATLAB v7.3) file ({_one_line(exc)})") from None
+        raise DataError(f"{labeled_mat}: not an HDF5 (MATLAB v7.3) file ({one_line(exc)})") from None
     with h5:
         n = _check_labeled(h5, labeled_mat)
         train, test = load_splits(meta_dir, n)
@@ -245,12 +258,15 @@ def prepare_nyuv2(
         if normals_dir is not None:
             dirs["normals"] = out / "normals"
         for folder in dirs.values():
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DataError(f"{folder}: cannot create the output folder ({one_line(exc)})") from None
         written = None
-        for index in dict.fromkeys(train + test):  # keep order, write each frame once
+        for index in train + test:
             written = _write_frame(h5, labeled_mat, index, lut, dirs, size, crop_border, normals_dir)
-        (dirs["gt_sets"] / "train.txt").write_text("".join(f"{frame_id(i)}\n" for i in train))
-        (dirs["gt_sets"] / "val.txt").write_text("".join(f"{frame_id(i)}\n" for i in test))
+        _write(dirs["gt_sets"] / "train.txt", lambda p: p.write_text("".join(f"{frame_id(i)}\n" for i in train)))
+        _write(dirs["gt_sets"] / "val.txt", lambda p: p.write_text("".join(f"{frame_id(i)}\n" for i in test)))
     return {
         "out": str(out),
         "train": len(train),
@@ -262,11 +278,32 @@ def prepare_nyuv2(
     }
 
 
-def _write_frame(h5, path, index, lut, dirs, size, crop_border, normals_dir) -> tuple[int, int]:
+def _read_frame(h5, path: Path, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image (H,W,3) uint8, depth (H,W) float32 metres, raw labels (H,W) int64) of 1-based frame ``index``."""
     i = index - 1
-    image = np.ascontiguousarray(np.asarray(h5["images"][i]).transpose(2, 1, 0)).astype(np.uint8)
-    depth = np.ascontiguousarray(np.asarray(h5["depths"][i]).T).astype(np.float32)
-    raw = np.asarray(h5["labels"][i]).T.astype(np.int64)
+    try:
+        image = np.asarray(h5["images"][i]).transpose(2, 1, 0)
+        depth = np.asarray(h5["depths"][i]).T.astype(np.float32)
+        raw = np.asarray(h5["labels"][i]).T
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"{path}: cannot read frame {index} ({one_line(exc)})") from None
+    if not np.issubdtype(raw.dtype, np.number) or not np.isfinite(raw).all():
+        raise DataError(f"{path}: frame {index} labels must be integers 0..{NUM_RAW_CLASSES}")
+    if not np.isfinite(depth).all() or depth.min() < 0:
+        raise DataError(f"{path}: frame {index} depths must be finite metres >= 0")
+    return np.ascontiguousarray(image).astype(np.uint8), np.ascontiguousarray(depth), raw.astype(np.int64)
+
+
+def _write(path: Path, save) -> None:
+    """``save(path)``, with a failed write (disk full, no permission) as a DataError naming ``path``."""
+    try:
+        save(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({one_line(exc)})") from None
+
+
+def _write_frame(h5, path, index, lut, dirs, size, crop_border, normals_dir) -> tuple[int, int]:
+    image, depth, raw = _read_frame(h5, path, index)
     if raw.min() < 0 or raw.max() > NUM_RAW_CLASSES:
         raise DataError(f"{path}: frame {index} labels must be in 0..{NUM_RAW_CLASSES}, got {raw.min()}..{raw.max()}")
     seg = lut[raw].astype(np.uint8)
@@ -278,14 +315,14 @@ def _write_frame(h5, path, index, lut, dirs, size, crop_border, normals_dir) -> 
     image = _resize(image, size, bilinear=True)
     depth, seg = _resize(depth, size), _resize(seg, size)
     fid = frame_id(index)
-    Image.fromarray(np.ascontiguousarray(image), "RGB").save(dirs["images"] / f"{fid}.png")
-    Image.fromarray(np.ascontiguousarray(seg), "L").save(dirs["segmentation"] / f"{fid}.png")
-    np.save(dirs["depth"] / f"{fid}.npy", np.ascontiguousarray(depth, dtype=np.float32))
+    _write(dirs["images"] / f"{fid}.png", Image.fromarray(np.ascontiguousarray(image), "RGB").save)
+    _write(dirs["segmentation"] / f"{fid}.png", Image.fromarray(np.ascontiguousarray(seg), "L").save)
+    _write(dirs["depth"] / f"{fid}.npy", lambda p: np.save(p, np.ascontiguousarray(depth, dtype=np.float32)))
     if normals_dir is not None:
         npath = _find_normals(normals_dir, index)
         normals = _read_normals(npath)
         if crop_border and normals.shape[:2] == full_hw:
             normals = _crop(normals)
         normals = _resize(normals, image.shape[:2])
-        np.save(dirs["normals"] / f"{fid}.npy", np.ascontiguousarray(normals, dtype=np.float32))
+        _write(dirs["normals"] / f"{fid}.npy", lambda p: np.save(p, np.ascontiguousarray(normals, dtype=np.float32)))
     return tuple(int(s) for s in image.shape[:2])
