@@ -202,3 +202,88 @@ def test_an_unexpected_exception_is_still_one_line(capsys, monkeypatch):
     monkeypatch.setattr(sparsemtl.training, "train", broken)
     line = one_line_error(capsys, ["train"], "unexpected RuntimeError", "illegal memory access", "--debug", code=1)
     assert "more detail" in line
+
+
+# ------------------------------------------------------------------------------------------ dataset files
+def nyud_args(root, out) -> list[str]:
+    args = [o for o in TRAIN if not o.startswith("data.num_")]
+    return (
+        args
+        + ["data.name=nyuv2", f"data.root={root}", "data.batch_size=4", "data.val_fraction=0.2"]
+        + [f"train.out_dir={out}"]
+    )
+
+
+@pytest.fixture
+def nyud(tmp_path):
+    from tests.data.test_nyuv2 import make_nyud
+
+    return make_nyud(tmp_path / "nyud", [f"f{i}" for i in range(10)], ["t0", "t1", "t2"])
+
+
+def test_corrupt_test_image_is_found_before_the_first_epoch(nyud, tmp_path, capsys):
+    (nyud / "images" / "t1.png").write_bytes((nyud / "images" / "t1.png").read_bytes()[:60])
+    one_line_error(capsys, nyud_args(nyud, tmp_path / "runs"), "images/t1.png", "corrupt or truncated image")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), "no run dir for bad data"
+    # with skip_bad_samples the sample is listed in the run directory and training goes on
+    args = nyud_args(nyud, tmp_path / "runs") + ["data.skip_bad_samples=true", "train.name=skip"]
+    assert main(args) == 0
+    check = json.loads((tmp_path / "runs" / "skip" / "data_check.json").read_text())
+    assert [(b["split"], b["sample_id"]) for b in check["bad_samples"]] == [("test", "t1")]
+    assert (
+        json.loads((tmp_path / "runs" / "skip" / "summary.json").read_text())["data_check"]["bad_samples_skipped"] == 1
+    )
+
+
+def test_millimetre_depth_and_wrong_class_count_are_named(nyud, tmp_path, capsys):
+    import numpy as np
+
+    for path in (nyud / "depth").glob("*.npy"):
+        np.save(path, np.load(path) * 1000.0)
+    one_line_error(capsys, nyud_args(nyud, tmp_path), "depth", "data.depth_scale", "millimetres")
+    one_line_error(capsys, ["check-data", *nyud_args(nyud, tmp_path)[1:]], "depth", "data.depth_scale")
+    for path in (nyud / "segmentation").glob("*.png"):
+        from PIL import Image
+
+        label = np.asarray(Image.open(path))
+        Image.fromarray((label % 14).astype(np.uint8)).save(path)
+    args = nyud_args(nyud, tmp_path) + ["data.depth_scale=0.001"]
+    one_line_error(capsys, args, "segmentation", "13-class tree", "data.classes=13")
+
+
+def test_split_faults_are_named(nyud, tmp_path, capsys):
+    (nyud / "gt_sets" / "val.txt").write_text("t0\nf3\n")
+    one_line_error(capsys, nyud_args(nyud, tmp_path), "gt_sets/val.txt", "'f3'", "one split only")
+    (nyud / "gt_sets" / "val.txt").write_text("")
+    one_line_error(capsys, nyud_args(nyud, tmp_path), "gt_sets/val.txt", "empty split file")
+    one_line_error(capsys, nyud_args(tmp_path / "nowhere", tmp_path), "nowhere", "no supported layout")
+
+
+def test_check_data_prints_a_summary_and_writes_json(nyud, tmp_path, capsys):
+    capsys.readouterr()
+    report = tmp_path / "check.json"
+    assert main(["check-data", *nyud_args(nyud, tmp_path)[1:], "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("data check of nyuv2") and "train: 8 samples" in out and "test: 3 samples" in out
+    assert json.loads(report.read_text())["ok"] is True
+
+
+def test_prepare_faults_are_one_line(tmp_path, capsys):
+    from tests.data.test_prepare_nyuv2 import _frames, _write_labeled, _write_meta
+
+    meta = _write_meta(tmp_path / "meta")
+    mat = _write_labeled(tmp_path / "labeled.mat", *_frames())
+    out = str(tmp_path / "out")
+    one_line_error(
+        capsys, ["prepare", "nyuv2", str(tmp_path / "none.mat"), "--meta", str(meta), "--out", out], "none.mat"
+    )
+    garbage = tmp_path / "garbage.mat"
+    garbage.write_bytes(b"\x89HDF\r\n" + b"\0" * 100)
+    one_line_error(capsys, ["prepare", "nyuv2", str(garbage), "--meta", str(meta), "--out", out], "garbage.mat")
+    one_line_error(
+        capsys, ["prepare", "nyuv2", str(mat), "--meta", str(tmp_path), "--out", out], "classMapping40.mat", "missing"
+    )
+    one_line_error(
+        capsys, ["prepare", "nyuv2", str(mat), "--meta", str(meta), "--out", out, "--size", "0", "4"], "--size"
+    )
+    one_line_error(capsys, ["prepare", "celebamask-hq", str(tmp_path / "raw"), "--out", out], "raw")

@@ -127,11 +127,16 @@ def test_a_run_directory_is_never_shared(tiny_config, tmp_path):
     first = RunDir.create(tmp_path, None, "same-second")
     second = RunDir.create(tmp_path, None, "same-second")  # a run started in the same second
     assert first.path != second.path and second.path.name == "same-second-2"
-    first.acquire()
     with pytest.raises(RunError, match="in use by another process"):
         RunDir(first.path).acquire()
+    with pytest.raises(RunError, match="in use by another process"):  # still being created by its owner
+        RunDir.create(tmp_path, "same-second", "x")
     first.release()
     RunDir(first.path).acquire().release()
+    taken = RunDir.create(tmp_path, "same-second", "x")  # the empty shell of a run killed before its config
+    assert taken.path == first.path
+    taken.write_config(cfg)
+    taken.release()
     with pytest.raises(RunError, match="already exists.*--resume"):
         RunDir.create(tmp_path, "same-second", "x")
-    assert cfg.train.name is None
+    second.release()

@@ -51,14 +51,24 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        full = _disk_full(exc)
+        if full is not None:
             kept = "the previous version is intact" if path.exists() else "no earlier version existed"
-            raise TrainingError(f"could not write {str(path)!r}: {exc.strerror.lower()}; {kept}") from None
-        if isinstance(exc, RuntimeError) and "file write failed" in str(exc):  # torch.save's wrapping of OSError
-            kept = "the previous version is intact" if path.exists() else "no earlier version existed"
-            raise TrainingError(f"could not write {str(path)!r}: {one_line(exc)}; {kept}") from None
+            reason = (full.strerror or one_line(full)).lower()
+            raise TrainingError(f"could not write {str(path)!r}: {reason}; {kept}") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The out-of-space error behind ``exc``: torch.save reports a failed write as a RuntimeError
+    of its own, with the OSError only in the exception's context chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -81,9 +81,10 @@ class RunDir:
     # ------------------------------------------------------------------ creating and opening
     @classmethod
     def create(cls, out_dir: str | Path, name: str | None, default_name: str) -> "RunDir":
-        """Make a new, empty run directory atomically. An explicit ``name`` must not exist yet;
-        without one, ``default_name`` gets a ``-2``, ``-3``... suffix until ``mkdir`` succeeds,
-        so runs started at the same moment never share a directory."""
+        """Make a new run directory atomically and take its lock. An explicit ``name`` must not
+        exist yet (unless it is the empty shell of a run killed before it wrote its config, which
+        is taken over); without one, ``default_name`` gets a ``-2``, ``-3``... suffix until
+        ``mkdir`` succeeds, so runs started at the same moment never share a directory."""
         out = Path(out_dir)
         if name is not None:
             check_run_name(name)
@@ -95,21 +96,32 @@ class RunDir:
                 try:
                     path.mkdir()
                 except FileExistsError:
-                    raise RunError(
-                        f"run directory {str(path)!r} already exists: continue it with "
-                        f"'sparsemtl train --resume {path}' or choose another train.name"
-                    ) from None
-                return cls(path)
+                    return cls._take_over(path)
+                return cls(path).acquire()
             for attempt in range(1, 10_000):
                 path = out / (default_name if attempt == 1 else f"{default_name}-{attempt}")
                 try:
                     path.mkdir()
-                    return cls(path)
+                    return cls(path).acquire()
                 except FileExistsError:
                     continue
         except OSError as exc:
             raise RunError(f"cannot create a run directory in {str(out)!r}: {one_line(exc)}") from None
         raise RunError(f"no free run name {default_name!r}-N in {str(out)!r}")
+
+    @classmethod
+    def _take_over(cls, path: Path) -> "RunDir":
+        """An existing directory may be reused only if it never became a run (no config, no
+        owner): what a process killed between ``mkdir`` and its first write leaves behind."""
+        if path.is_dir() and not (path / CONFIG).exists() and not any(path.glob("*.pt")):
+            run = cls(path).acquire()  # a RunError if a live process is creating it right now
+            if not (path / CONFIG).exists():
+                return run
+            run.release()
+        raise RunError(
+            f"run directory {str(path)!r} already exists: continue it with "
+            f"'sparsemtl train --resume {path}' or choose another train.name"
+        )
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":

@@ -29,12 +29,13 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, apply_overrides, config_from_dict
 from ..data import build_dataset, select_tasks
 from ..data.augment import AugmentedDataset, default_train_transform
-from ..errors import NonFiniteLossError, RunError, TrainingError, one_line
+from ..data.check import DataCheckReport, check_data
+from ..errors import DataError, NonFiniteLossError, RunError, TrainingError, one_line
 from ..evaluation.baselines import load_baselines, multitask_deltas
 from ..evaluation.evaluate import EvalResult, evaluate, task_loss_options
 from ..models import MultiTaskModel, build_model
 from ..runs import CHECKPOINT_FORMAT, RunDir, RunSummary, check_resume_config, load_checkpoint
-from ..runs.run_dir import BEST, LAST, SPLITS
+from ..runs.run_dir import BEST, DATA_CHECK, LAST, SPLITS
 from ..runtime import autocast, init_process_context, seed_everything
 from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regularized_param_groups, sparsity_report
 from ..tasks import WEIGHTINGS, build_weighting, get_task
@@ -69,6 +70,7 @@ class Trainer:
         self.cfg = cfg
         self.context, self.device = init_process_context(cfg.train.device)
         seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.data_check = self._check_data()
         datasets = {split: build_dataset(cfg.data, split, cfg.tasks) for split in ("train", "val", "test")}
         if len(datasets["train"]) < cfg.data.batch_size * self.context.world_size:
             raise ConfigError(
@@ -186,7 +188,14 @@ class Trainer:
         weighting_params = [p for p in self.weighting.parameters() if p.requires_grad]
         if weighting_params:
             groups.append({"params": weighting_params, "weight_decay": 0.0, "name": "loss_weighting"})
-        return ProxAdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return ProxAdamW(
+            groups,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            prox_metric=sp.prox_metric,
+        )
 
     def _wrap(self) -> torch.nn.Module:
         """The model as the training step calls it: DDP-wrapped in a distributed run."""
@@ -194,8 +203,22 @@ class Trainer:
             return self.model
         return DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
+    def _check_data(self) -> DataCheckReport | None:
+        """The pre-flight pass over every data file (``data.check``): a corrupt test image or a
+        millimetre depth tree stops the run now, not after the last epoch."""
+        if not self.cfg.data.check:
+            return None
+        report = check_data(self.cfg.data, self.cfg.tasks, raise_errors=False)
+        if self.cfg.train.progress and self.context.is_main:
+            print(report.summary(), flush=True)
+        if not report.ok:
+            raise DataError(report.failure())
+        return report
+
     def _write_run_files(self) -> None:
         self.run.write_config(self.cfg)
+        if self.data_check is not None:
+            self.run.write_json(DATA_CHECK, self.data_check.to_dict())
         ids = {split: list(ds.sample_ids) for split, ds in self.datasets.items() if hasattr(ds, "sample_ids")}
         if ids:  # datasets with files: record exactly which samples each split used
             self.run.write_json(SPLITS, ids)
@@ -240,8 +263,9 @@ class Trainer:
     def _resume(self) -> None:
         """Continue after the last complete epoch of the run directory (from scratch if none)."""
         last = self.run_path / LAST
-        if not last.is_file():
+        if not last.is_file():  # killed before the first epoch was committed: start afresh
             if self.context.is_main:
+                self.run.keep_metrics_until(0)
                 self._write_run_files()
             return
         try:
@@ -251,6 +275,8 @@ class Trainer:
         self.resumed += 1
         self.committed = self.epoch
         if self.context.is_main:
+            if self.data_check is not None:
+                self.run.write_json(DATA_CHECK, self.data_check.to_dict())
             self.run.keep_metrics_until(self.epoch)
             best_on_disk = self.run.load_checkpoint(BEST)["epoch"] if self.run.has(BEST) else None
             if self.best_epoch == self.epoch and best_on_disk != self.epoch:
@@ -482,6 +508,7 @@ class Trainer:
             device=str(self.device),
             world_size=self.context.world_size,
             resumed=self.resumed,
+            data_check=self._data_check_summary(),
         )
         if self.baselines:
             summary.delta = multitask_deltas(test.metrics, self.baselines, self.specs)
@@ -491,6 +518,13 @@ class Trainer:
             if self.cfg.train.progress and self.baselines:
                 print("\n".join(d["describe"] for d in summary.delta.values()), flush=True)
         return summary
+
+    def _data_check_summary(self) -> dict[str, Any]:
+        if self.data_check is None:
+            return {"checked": False}
+        report = self.data_check.to_dict()
+        bad = report.get("bad_samples", [])
+        return {"checked": True, "ok": report["ok"], "bad_samples_skipped": len(bad), "seconds": report["seconds"]}
 
 
 def default_run_name(cfg: Config) -> str:
@@ -523,9 +557,9 @@ def new_run(cfg: Config, path: str | Path | None = None) -> RunDir:
     """A new, locked run directory: ``path``, or ``train.out_dir/train.name``, or a unique
     informative name in ``train.out_dir``."""
     if path is None:
-        return RunDir.create(cfg.train.out_dir, cfg.train.name, default_run_name(cfg)).acquire()
+        return RunDir.create(cfg.train.out_dir, cfg.train.name, default_run_name(cfg))
     path = Path(path)
-    return RunDir.create(path.parent, path.name, path.name).acquire()
+    return RunDir.create(path.parent, path.name, path.name)
 
 
 def train(cfg: Config, run_dir: str | Path | None = None) -> RunSummary:
