@@ -118,6 +118,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     progress: bool = True
+    loggers: tuple[str, ...] = ("csv",)
     out_dir: str = "runs"
     name: str | None = None
     baselines: dict[str, str] = field(default_factory=dict)

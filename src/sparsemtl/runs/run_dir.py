@@ -47,6 +47,7 @@ RESUME_MAY_CHANGE = (
     "train.epochs",
     "train.patience",
     "train.progress",
+    "train.loggers",
     "train.device",
     "data.root",
     "data.num_workers",

@@ -39,6 +39,7 @@ from ..runs.run_dir import BEST, DATA_CHECK, LAST, SPLITS
 from ..runtime import autocast, init_process_context, seed_everything
 from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regularized_param_groups, sparsity_report
 from ..tasks import WEIGHTINGS, build_weighting, get_task
+from .callbacks import Callback, build_callbacks
 from .rng import rng_state, set_rng_state
 from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
 
@@ -66,9 +67,18 @@ class Trainer:
     leaves nothing behind. Only rank 0 writes.
     """
 
-    def __init__(self, cfg: Config, run: RunDir | str | Path | None = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run: RunDir | str | Path | None = None,
+        resume: bool = False,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.context, self.device = init_process_context(cfg.train.device)
+        self.callbacks = (
+            build_callbacks(cfg.train.loggers, cfg.train.progress, callbacks) if self.context.is_main else []
+        )
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.data_check = self._check_data()
         datasets = {split: build_dataset(cfg.data, split, cfg.tasks) for split in ("train", "val", "test")}
@@ -109,6 +119,7 @@ class Trainer:
         self.run = run if self.context.is_main else None
         self.run_path = self.context.broadcast_path(run.path if run is not None else Path())
         self.epoch = 0  # last completed epoch
+        self.global_step = 0  # optimiser steps over the whole run
         self.committed = 0  # last epoch whose last.pt is on disk
         self.best_epoch = 0
         self.best_val: EvalResult | None = None
@@ -237,6 +248,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "best_val": self.best_val.to_dict() if self.best_val is not None else None,
             "seconds": self.seconds,
+            "global_step": self.global_step,
             "resumed": self.resumed,
             "rng": rng_state(self.loaders.train.generator),
         }
@@ -257,6 +269,7 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.best_val = EvalResult.from_dict(state["best_val"]) if state["best_val"] is not None else None
         self.seconds = float(state["seconds"])
+        self.global_step = int(state.get("global_step", self.epoch * len(self.loaders.train)))
         self.resumed = int(state["resumed"])
         set_rng_state(state["rng"], self.loaders.train.generator)
 
@@ -290,8 +303,11 @@ class Trainer:
         try:
             with _sigterm_as_interrupt():
                 try:
+                    self._call("on_fit_start")
                     self._epochs()
-                    return self._finish()
+                    summary = self._finish()
+                    self._call("on_fit_end", summary)
+                    return summary
                 except KeyboardInterrupt:
                     raise RunInterrupted(self._interrupted_message()) from None
         finally:
@@ -318,12 +334,17 @@ class Trainer:
             seconds = time.perf_counter() - t0
             self.epoch, self.seconds = epoch, self.seconds + seconds
             if self.context.is_main:
-                self._log_epoch(epoch, lam, train_stats, val, value, improved, seconds)
+                record = self._log_epoch(epoch, lam, train_stats, val, value, improved, seconds)
                 self.run.save_checkpoint(LAST, self.state_dict())
                 self.committed = epoch
                 if improved:
                     self._save_best()
+                self._call("on_epoch_end", record)
             self.context.barrier()
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     def _done(self) -> bool:
         return (
@@ -361,6 +382,7 @@ class Trainer:
         )
         for step, batch in enumerate(bar):
             loss, task_losses, weights = self._train_step(batch)
+            self.global_step += 1
             if not math.isfinite(loss):
                 kept = (
                     f"the best checkpoint (epoch {self.best_epoch}) is kept in {self.run.path / BEST}"
@@ -374,6 +396,7 @@ class Trainer:
             for name, value in task_losses.items():
                 totals[name] += value * n
             bar.set_postfix(loss=f"{total_loss / count:.4f}")
+            self._call("on_step_end", step, loss, task_losses)
         return {
             "loss": total_loss / count,
             "losses": {k: v / count for k, v in totals.items()},
@@ -457,28 +480,31 @@ class Trainer:
         value: float,
         improved: bool,
         seconds: float,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Append the epoch's line to ``metrics.jsonl`` (before its checkpoint) and return it."""
+        record = {
+            "epoch": epoch,
+            "step": self.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "lam": lam,
+            "train": train,
+            "val": val.to_dict(),
+            "monitor": {"name": self.monitor.name, "value": value, "improved": improved},
+            "frozen_tasks": list(self.frozen),
+            "sparsity": sparsity_report(self.structure, self.cfg.sparsity.grouping).summary(),
+            "seconds": seconds,
+        }
+        self.run.append_metrics(record)
+        return record
+
+    def layer_sparsity_image(self, height: int = 64, bar: int = 4) -> torch.Tensor:
+        """Per-layer zero-group share as a bar chart image (height x layers*bar, values 0..1):
+        one bar per regularised layer, in model order, full height = every group zero."""
         report = sparsity_report(self.structure, self.cfg.sparsity.grouping)
-        self.run.append_metrics(
-            {
-                "epoch": epoch,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "lam": lam,
-                "train": train,
-                "val": val.to_dict(),
-                "monitor": {"name": self.monitor.name, "value": value, "improved": improved},
-                "frozen_tasks": list(self.frozen),
-                "sparsity": report.summary(),
-                "seconds": seconds,
-            }
-        )
-        if self.cfg.train.progress:
-            print(
-                f"epoch {epoch}/{self.cfg.train.epochs}: train loss {train['loss']:.4f}, "
-                f"val {self.monitor.name} {value:.4f}{' *' if improved else ''}, "
-                f"zero groups {report.zero_group_pct:.1f}%, {seconds:.0f} s",
-                flush=True,
-            )
+        shares = torch.tensor([layer.zero_group_pct / 100.0 for layer in report.layers])
+        levels = torch.arange(height, 0, -1, dtype=torch.float32).unsqueeze(1) / height  # top row = 1
+        filled = (levels <= shares.unsqueeze(0) + 1e-9).float()
+        return filled.repeat_interleave(bar, dim=1)
 
     def _finish(self) -> RunSummary:
         """Evaluate the best checkpoint on test and write ``summary.json``."""
@@ -562,13 +588,15 @@ def new_run(cfg: Config, path: str | Path | None = None) -> RunDir:
     return RunDir.create(path.parent, path.name, path.name)
 
 
-def train(cfg: Config, run_dir: str | Path | None = None) -> RunSummary:
+def train(cfg: Config, run_dir: str | Path | None = None, callbacks: list[Callback] | None = None) -> RunSummary:
     """Train one run from a config into a new run directory (``run_dir``, or
     ``train.out_dir/train.name``, or an informative unique name) and return its summary."""
-    return Trainer(cfg, run_dir).fit()
+    return Trainer(cfg, run_dir, callbacks=callbacks).fit()
 
 
-def resume(run_dir: str | Path, overrides: list[str] | None = None) -> RunSummary:
+def resume(
+    run_dir: str | Path, overrides: list[str] | None = None, callbacks: list[Callback] | None = None
+) -> RunSummary:
     """Continue an interrupted run from its last complete epoch with all training state.
 
     Only the keys in :data:`sparsemtl.runs.RESUME_MAY_CHANGE` may be overridden; a finished run
@@ -583,4 +611,4 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None) -> RunSummar
     if context.is_main:
         run.acquire()
         run.write_config(cfg)
-    return Trainer(cfg, run, resume=True).fit()
+    return Trainer(cfg, run, resume=True, callbacks=callbacks).fit()
