@@ -31,7 +31,10 @@ def test_yaml_file_and_overrides(tmp_path):
         ("optim.lr=fast", "config key 'optim.lr': expected a number, got 'fast'"),
         ("model.output_stride=7", "config key 'model.output_stride': expected one of 8, 16, 32, got 7"),
         ("train.amp=fp8", "config key 'train.amp': expected one of 'none', 'fp16', 'bf16'"),
-        ("sparsity.penalty=l0", "config key 'sparsity.penalty': expected one of 'none', 'group_lasso', 'group_mcp'"),
+        (
+            "sparsity.penalty=l0",
+            "config key 'sparsity.penalty': unknown penalty 'l0'; available: none, group_lasso, group_mcp",
+        ),
         ("data.image_size=[8,8]", "config key 'data.image_size': expected two integers >= 16"),
         ("data.image_size=[64]", "config key 'data.image_size': expected a list of 2 values"),
         ("train.epochs=1.5", "config key 'train.epochs': expected an integer, got 1.5"),

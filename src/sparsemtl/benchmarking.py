@@ -34,7 +34,7 @@ def bench_command(
     target = resolve_device(device, key="argument --device")
     opened = [open_model(m) for m in models]
     input_size = tuple(size) if size else tuple(opened[0].config.data.image_size)
-    loaded = {str(m): f.model.to(target).eval() for m, f in zip(models, opened)}
+    loaded = {str(m): f.model.eval() for m, f in zip(models, opened)}  # benchmark_models moves folded copies
     results = benchmark_models(loaded, input_size, batches, str(target), threads, min_run_time)
     machine = describe_machine(str(target))
     if json_path:

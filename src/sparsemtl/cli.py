@@ -74,6 +74,20 @@ def _check_data(args: argparse.Namespace) -> None:
         raise DataError(report.failure())
 
 
+def _list(args: argparse.Namespace) -> None:
+    from .registries import axes, list_entries
+
+    for axis in [args.what] if args.what else axes():
+        if axis == "encoders" and not args.what:
+            print("encoders: any timm CNN, see 'sparsemtl list encoders [PATTERN]', e.g. 'resnet*'")
+            continue
+        entries = list_entries(axis, args.pattern)
+        print(f"{axis}:")
+        width = max((len(name) for name, _ in entries), default=0)
+        for name, text in entries:
+            print(f"  {name:<{width}}  {text}".rstrip())
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -171,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the full report (every bad sample) to this JSON file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=DIR")
     p.set_defaults(func=_check_data)
+
+    p = sub.add_parser("list", help="list the registered datasets, task kinds, penalties, ... (every registry)")
+    p.add_argument("what", nargs="?", default=None, help="one registry, e.g. penalties, schedulers, encoders")
+    p.add_argument("pattern", nargs="?", default="*", help="for encoders: a shell pattern over timm names")
+    p.set_defaults(func=_list)
 
     p = sub.add_parser("demo", help="train a dense and a group-sparse model on synthetic-scenes and compare them")
     p.add_argument("--out", default=None, help="output folder (default: demo-runs/<timestamp>)")

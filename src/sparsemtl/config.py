@@ -63,12 +63,12 @@ class ModelConfig:
 class SparsityConfig:
     """Group-sparsity regulariser on the shared encoder, applied as a proximal step."""
 
-    penalty: Literal["none", "group_lasso", "group_mcp"] = "none"
+    penalty: str = "none"
     lam: float = 0.0
     mcp_gamma: float = 100.0
     grouping: str = "input_channels"
     modules: tuple[str, ...] = ("encoder.*",)
-    reweight: Literal["sqrt_size", "none"] = "sqrt_size"
+    reweight: str = "sqrt_size"
     warmup_epochs: int = 0
     ramp_epochs: int = 0
     prox_metric: Literal["corrected", "reference"] = "corrected"
@@ -88,7 +88,7 @@ class OptimConfig:
 class SchedulerConfig:
     """Learning-rate schedule; ``plateau`` watches the validation monitor."""
 
-    name: Literal["none", "cosine", "plateau", "step"] = "cosine"
+    name: str = "cosine"
     min_lr: float = 0.0
     factor: float = 0.1
     patience: int = 5
@@ -314,6 +314,9 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         raise ConfigError(f"a config must be a mapping of settings, got {type(values).__name__}")
     cfg = _build(Config, values)
     _check_combinations(cfg)
+    from .registries import check_config_names  # the registries live in higher stages
+
+    check_config_names(cfg)
     return cfg
 
 

@@ -8,7 +8,9 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects (classes, factories, task definitions).
+    """Maps names to objects (classes, factories, task definitions), in one style for every
+    pluggable axis (as timm users know it): ``@REG.register("name")`` on the class or factory,
+    ``REG.names()`` to list, ``REG.create("name", ...)`` to build.
 
     Lookups of unknown names raise a ``KeyError`` whose message lists what is available,
     so a typo in a config produces an actionable one-line error.
@@ -37,6 +39,20 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def create(self, name: str, *args, **kwargs):
+        """Build the entry ``name`` (a class or factory) with the given arguments."""
+        return self.get(name)(*args, **kwargs)
+
+    def describe(self, name: str) -> str:
+        """One line about the entry (what ``sparsemtl list`` prints): its ``summary`` when it has
+        one, else the first sentence of its docstring."""
+        entry = self.get(name)
+        summary = getattr(entry, "summary", None)
+        if isinstance(summary, str):
+            return summary
+        paragraph = " ".join((getattr(entry, "__doc__", None) or "").strip().split("\n\n")[0].split())
+        return paragraph.split(". ")[0].rstrip(".")
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

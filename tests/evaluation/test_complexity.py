@@ -1,6 +1,6 @@
 from torch import nn
 
-from sparsemtl.evaluation.complexity import analytic_conv_macs, count_macs, count_parameters
+from sparsemtl.models.complexity import analytic_conv_macs, count_macs, count_parameters
 
 
 def test_macs_and_parameters_match_hand_computed_values():

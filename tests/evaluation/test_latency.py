@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from sparsemtl.config import ModelConfig
-from sparsemtl.evaluation.complexity import count_macs, count_parameters
 from sparsemtl.evaluation.latency import (
     BENCH_HEADERS,
     bench_rows,
@@ -20,6 +19,7 @@ from sparsemtl.evaluation.latency import (
 )
 from sparsemtl.evaluation.machine import describe_machine, format_machine
 from sparsemtl.models import build_model
+from sparsemtl.models.complexity import count_macs, count_parameters
 from sparsemtl.tasks.spec import TaskSpec
 
 FAST = 0.05

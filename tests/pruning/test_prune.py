@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sparsemtl.config import ModelConfig
-from sparsemtl.evaluation.complexity import count_macs, count_parameters
 from sparsemtl.models import build_model
+from sparsemtl.models.complexity import count_macs, count_parameters
 from sparsemtl.pruning import PruningVerificationError, layer_widths, prune_model, verify_pruned
 from sparsemtl.sparsity import build_grouping, channel_sets, removable_channels
 from sparsemtl.tasks.spec import TaskSpec

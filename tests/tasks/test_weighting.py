@@ -19,7 +19,7 @@ def losses(**values: float) -> dict[str, torch.Tensor]:
 
 
 def test_registered_names() -> None:
-    assert WEIGHTINGS.names() == ["equal", "fixed", "uncertainty"]
+    assert WEIGHTINGS.names() == ["dwa", "equal", "fixed", "pcgrad", "uncertainty"]
 
 
 def test_equal_is_the_plain_sum() -> None:
@@ -69,7 +69,7 @@ def test_forward_rejects_non_scalar_losses() -> None:
 
 
 def test_unknown_weighting_lists_available() -> None:
-    with pytest.raises(KeyError, match="equal, fixed, uncertainty"):
+    with pytest.raises(KeyError, match="dwa, equal, fixed, pcgrad, uncertainty"):
         build_weighting("gradnorm", ["seg"])
 
 

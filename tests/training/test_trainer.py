@@ -94,7 +94,7 @@ def test_attribute_tasks_and_faces_dataset(tiny_config):
     [
         ("tasks=[segmentation,color]", "config key 'tasks': 'color' is not a target"),
         ("data.name=imagenet", "config key 'data.name': unknown dataset 'imagenet'"),
-        ("loss.weighting=gradnorm", "config key 'loss.weighting': unknown 'gradnorm'"),
+        ("loss.weighting=gradnorm", "config key 'loss.weighting': unknown loss weighting 'gradnorm'"),
         ("loss.weights={depth: 1}", "config key 'loss.weights': only used with loss.weighting=fixed"),
         ("sparsity.grouping=rows", "config key 'sparsity.grouping': unknown grouping 'rows'"),
         (
@@ -106,7 +106,7 @@ def test_attribute_tasks_and_faces_dataset(tiny_config):
         ("train.device=tpu", "config key 'train.device'"),
     ],
 )
-def test_names_resolved_at_build_time_fail_with_the_key(tiny_config, override, fragment):
+def test_bad_names_fail_with_the_key(tiny_config, override, fragment):
     with pytest.raises(ConfigError) as info:
         Trainer(tiny_config(override))
     assert fragment in str(info.value) and "\n" not in str(info.value)

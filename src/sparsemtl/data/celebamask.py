@@ -44,8 +44,8 @@ from torch.utils.data import Dataset
 from ..config import ConfigError, DataConfig
 from ..errors import DataError, one_line
 from ..tasks.spec import TaskSpec
-from .nyuv2 import _read_pil, _resize, keep_loadable
 from .sample_check import SampleFacts, class_count_problem, verify_image
+from .samples import keep_loadable, read_image, resize_sample
 from .split_lists import split_ids
 
 PARTS = (
@@ -221,7 +221,7 @@ def merge_parts(anno_root: str | Path, idx: int) -> np.ndarray:
         path = folder / f"{idx:05d}_{part}.png"
         if not path.is_file():
             continue
-        mask = _read_pil(path, "L") > 0
+        mask = read_image(path, "L") > 0
         if label is None:
             label = np.zeros(mask.shape, np.uint8)
         elif mask.shape != label.shape:
@@ -238,7 +238,7 @@ def read_merged(path: Path) -> np.ndarray:
     """A merged 19-class map (official order) as (H,W) uint8; DataError on bad ids or shape."""
     if not path.is_file():
         raise DataError(f"{path}: missing merged label map")
-    label = _read_pil(path, None)
+    label = read_image(path, None)
     if label.ndim != 2:
         raise DataError(f"{path}: label map has shape {label.shape}, expected (H, W) class ids")
     if label.size and int(label.max()) >= len(CLASS_NAMES_19):
@@ -344,7 +344,7 @@ def prepare_celebamask(
         image_path = raw / "CelebA-HQ-img" / f"{idx}.jpg"
         if not image_path.is_file():
             raise DataError(f"{image_path}: missing image file")
-        image = _read_pil(image_path, "RGB")
+        image = read_image(image_path, "RGB")
         label = merge_parts(labels_dir, idx) if kind == "parts" else read_merged(labels_dir / f"{idx}.png")
         _save(image, out / "images" / f"{idx}.png", size, Image.Resampling.BILINEAR)
         _save(label, out / "labels19" / f"{idx}.png", size, Image.Resampling.NEAREST)
@@ -430,7 +430,7 @@ class CelebAMaskHQ(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self._load(self.sample_ids[index])
         if self.image_size is not None:
-            sample.update(_resize({k: sample[k] for k in ("image", "segmentation")}, self.image_size))
+            sample.update(resize_sample({k: sample[k] for k in ("image", "segmentation")}, self.image_size))
         return sample
 
     def _paths(self, sample_id: str) -> tuple[Path, Path]:
@@ -444,8 +444,8 @@ class CelebAMaskHQ(Dataset):
 
     def _load(self, sample_id: str) -> dict[str, torch.Tensor]:
         image_path, label_path = self._paths(sample_id)
-        image = _read_pil(image_path, "RGB")
-        label = _read_pil(label_path, None)
+        image = read_image(image_path, "RGB")
+        label = read_image(label_path, None)
         self._check_label(label, label_path, image.shape[:2])
         row = self._attribute_row(sample_id)
         sample = {
@@ -465,7 +465,7 @@ class CelebAMaskHQ(Dataset):
         image_path, label_path = self._paths(sample_id)
         size = verify_image(image_path)
         facts.files.append(label_path)
-        label = _read_pil(label_path, None)
+        label = read_image(label_path, None)
         facts.top_class = (label_path, int(label.max())) if label.size else None
         self._check_label(label, label_path, size)
         facts.files.append(self._attr_path)

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from ..config import DataConfig
 from ..errors import DataError, one_line
 from . import SPLITS, build_dataset
-from .nyuv2 import keep_loadable
 from .sample_check import SampleFacts
+from .samples import keep_loadable
 
 SUMMARY_BAD_LINES = 5
 """Bad samples listed by :meth:`DataCheckReport.summary`; all of them are in :meth:`DataCheckReport.to_dict`."""

@@ -24,13 +24,10 @@ leak into training). :meth:`NYUv2.check_sample` is the fast per-sample pass shar
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -45,6 +42,7 @@ from .sample_check import (
     depth_scale_problem,
     verify_image,
 )
+from .samples import keep_loadable, read_image, resize_sample
 from .split_lists import split_ids
 
 TASKS = ("segmentation", "depth", "normals")
@@ -146,15 +144,6 @@ def carve_validation(ids: list[str], fraction: float, seed: int, source: Path) -
 # ---------------------------------------------------------------- readers: file -> checked array
 
 
-def _read_pil(path: Path, mode: str | None) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert(mode) if mode else img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({one_line(exc)})") from None
-
-
 def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
@@ -248,7 +237,7 @@ def _read(modality: str, path: Path) -> np.ndarray:
     """The stored array: ``.npy`` as saved, images as RGB, label PNGs as stored, normal PNGs decoded ``2v/255 - 1``."""
     if path.suffix == ".npy":
         return _read_npy(path)
-    arr = _read_pil(path, None if modality == "segmentation" else "RGB")
+    arr = read_image(path, None if modality == "segmentation" else "RGB")
     return arr.astype(np.float32) * (2.0 / 255.0) - 1.0 if modality == "normals" else arr
 
 
@@ -366,7 +355,7 @@ class NYUv2(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self._load(self.sample_ids[index])
-        return _resize(sample, self.image_size, self.resize_targets) if self.image_size is not None else sample
+        return resize_sample(sample, self.image_size, self.resize_targets) if self.image_size is not None else sample
 
     def _folder(self, modality: str) -> Path:
         if self.layout == "mtan":
@@ -470,46 +459,6 @@ class NYUv2(Dataset):
         if self._native_size is None:
             self._native_size = _stored_size(self.path("image", self.sample_ids[0]))
         return self._native_size
-
-
-def keep_loadable(
-    ids: list[str], load: Callable[[str], Any], label: str | None = None
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Load (or check) every sample once: the ids that load, and (id, message) for those that raise
-    DataError. With a ``label`` (the ``skip_bad_samples`` option of the loaders), one warning says
-    how many were skipped, and a DataError says when none is left; without, the caller reports."""
-    good, skipped = [], []
-    for sample_id in ids:
-        try:
-            load(sample_id)
-        except DataError as exc:
-            skipped.append((sample_id, one_line(exc)))
-        else:
-            good.append(sample_id)
-    if skipped and label is not None:
-        if not good:
-            raise DataError(f"{label}: all {len(ids)} samples are bad; first: {skipped[0][1]}")
-        warnings.warn(
-            f"{label}: skipped {len(skipped)} bad sample(s) of {len(ids)}; first: {skipped[0][1]}", stacklevel=3
-        )
-    return good, skipped
-
-
-def _resize(sample: dict[str, torch.Tensor], size: tuple[int, int], targets: bool = True) -> dict[str, torch.Tensor]:
-    """Image bilinear; labels, depth and normals nearest (only with ``targets``), so void/invalid
-    pixels stay exactly invalid."""
-    out = {}
-    for name, value in sample.items():
-        if name != "image" and not targets:
-            out[name] = value
-            continue
-        batch = value.unsqueeze(0).unsqueeze(0) if value.ndim == 2 else value.unsqueeze(0)
-        if name == "image":
-            resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-        else:
-            resized = F.interpolate(batch.float(), size=size, mode="nearest").to(value.dtype)
-        out[name] = resized[0, 0] if value.ndim == 2 else resized[0]
-    return out
 
 
 def build_nyuv2(cfg: DataConfig, split: str, tasks: tuple[str, ...] | None = None) -> NYUv2:

@@ -1,6 +1,6 @@
-"""Evaluation: exact split-level metrics, model size and compute, and latency measurement."""
+"""Evaluation: exact split-level metrics and latency measurement (model size and compute:
+:mod:`sparsemtl.models.complexity`)."""
 
-from .complexity import analytic_conv_macs, count_macs, count_parameters
 from .evaluate import EvalResult, evaluate, task_loss_options
 from .fold import fold_batchnorm, foldable_pairs
 from .latency import BenchResult, LatencyResult, benchmark_models, format_bench_table, measure_latency
@@ -10,10 +10,7 @@ __all__ = [
     "BenchResult",
     "EvalResult",
     "LatencyResult",
-    "analytic_conv_macs",
     "benchmark_models",
-    "count_macs",
-    "count_parameters",
     "describe_machine",
     "evaluate",
     "fold_batchnorm",

@@ -2,7 +2,7 @@
 
 Latency comparisons must run on folded models: an unfolded BN is a separate pass over the
 activations, a fixed cost that does not shrink with the MACs and would blur the speed-up of a
-pruned model (docs/pruning.md, "Latency vs MACs"). Both models of a comparison are folded.
+pruned model (README, "Shrinking: physical pruning and honest measurement"). Both models of a comparison are folded.
 
 Pairs are found from one traced forward, so the wiring inside timm ``features_only`` wrappers
 and torchvision's ASPP is seen as executed, not guessed from the module order. A pair is folded
@@ -25,7 +25,7 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from ..sparsity.channels import dependency_graph
+from ..models.graph import dependency_graph
 
 
 def fold_batchnorm(model: nn.Module, example_inputs: torch.Tensor | None = None) -> nn.Module:

@@ -1,10 +1,10 @@
 """Honest latency: wall-clock inference time of BN-folded models, reported next to params and MACs.
 
-Settings follow docs/pruning.md ("Latency vs MACs"): ``torch.utils.benchmark.Timer`` with
-``blocked_autorange`` (it synchronises accelerators around every block), ``inference_mode``, a
-fixed thread count, warm-up runs first, batch 1 and batch N, and the median with the
-interquartile range rather than a mean that one descheduled block can move. Every compared model
-is BN-folded, so BatchNorm passes do not blur the comparison.
+Settings follow the README ("Shrinking: physical pruning and honest measurement", Measuring):
+``torch.utils.benchmark.Timer`` with ``blocked_autorange`` (it synchronises accelerators around
+every block), ``inference_mode``, a fixed thread count, warm-up runs first, batch 1 and batch N,
+and the median with the interquartile range rather than a mean that one descheduled block can
+move. Every compared model is BN-folded, so BatchNorm passes do not blur the comparison.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from ..reporting.table import format_table
-from .complexity import count_macs, count_parameters
+from ..models.complexity import count_macs, count_parameters
+from ..tables import format_table
 from .fold import fold_batchnorm
 from .machine import format_machine
 

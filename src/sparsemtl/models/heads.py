@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from ..config import ModelConfig
 from ..registry import Registry
 
 #: name -> ``builder(in_channels, out_channels, cfg: ModelConfig) -> nn.Module``
@@ -65,11 +66,13 @@ class ClassifierHead(nn.Sequential):
         )
 
 
-HEADS.register(
-    "aspp",
-    lambda cin, cout, cfg: ASPPHead(cin, cout, cfg.head_channels, cfg.aspp_rates, cfg.head_dropout),
-)
-HEADS.register(
-    "classifier",
-    lambda cin, cout, cfg: ClassifierHead(cin, cout, cfg.classifier_channels, cfg.classifier_dropout),
-)
+@HEADS.register("aspp")
+def aspp_head(cin: int, cout: int, cfg: ModelConfig) -> nn.Module:
+    """DeepLabV3 ASPP dense head (``model.head_channels``, ``model.aspp_rates``, ``model.head_dropout``)."""
+    return ASPPHead(cin, cout, cfg.head_channels, cfg.aspp_rates, cfg.head_dropout)
+
+
+@HEADS.register("classifier")
+def classifier_head(cin: int, cout: int, cfg: ModelConfig) -> nn.Module:
+    """Image-level head of the seed (``model.classifier_channels``, ``model.classifier_dropout``)."""
+    return ClassifierHead(cin, cout, cfg.classifier_channels, cfg.classifier_dropout)

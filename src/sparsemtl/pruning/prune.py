@@ -24,14 +24,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..config import Config
 from ..data import build_dataset
 from ..errors import PruningVerificationError
-from ..evaluation.complexity import count_macs, count_parameters
 from ..models import build_model
+from ..models.complexity import count_macs, count_parameters
+from ..models.graph import dependency_graph
 from ..models.widths import WIDTH_TYPES, changed_widths, layer_widths
-from ..reporting import format_table
 from ..runs import atomic_write_json, open_model, save_pruned
 from ..runs.model_file import without_pretrained
 from ..sparsity import build_grouping
-from ..sparsity.channels import ChannelRemovability, ChannelSet, channel_sets, dependency_graph, removable_channels
+from ..sparsity.channels import ChannelRemovability, ChannelSet, channel_sets, removable_channels
+from ..tables import format_table
 from .export import export_onnx
 
 

@@ -1,6 +1,6 @@
-"""Reporting: terminal tables and run comparisons."""
+"""Reporting: run comparisons and sparsity reports (terminal tables: :mod:`sparsemtl.tables`)."""
 
+from ..tables import format_table, format_value
 from .compare import compare_runs
-from .table import format_table, format_value
 
 __all__ = ["compare_runs", "format_table", "format_value"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .table import format_table
+from ..tables import format_table
 
 
 def compare_runs(summaries: dict[str, dict[str, Any]]) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 from ..runs import RunDir, atomic_write_json, open_model
 from ..sparsity import model_sparsity_report
 from ..sparsity.report import SparsityReport
+from ..tables import format_table
 from .sparsity_plot import plot_layer_sparsity
-from .table import format_table
 
 
 @dataclass

@@ -92,11 +92,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated or foreign file: say which file
-        raise CheckpointError(f"checkpoint {str(path)!r} could not be read: {one_line(exc)}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be read ({_load_problem(exc)}); "
+            "expected a file written by sparsemtl (a run's best.pt or last.pt, or a pruned model)"
+        ) from None
     if not isinstance(payload, dict):
         kind = type(payload).__name__
         raise CheckpointError(f"checkpoint {str(path)!r}: expected a sparsemtl checkpoint, got a {kind}")
     return payload
+
+
+def _load_problem(exc: Exception) -> str:
+    """torch.load's complaint in a few words (its weights-only refusal is a paragraph)."""
+    text = one_line(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].split(" Check the")[0]
+        return f"not a plain-tensor torch file: {detail}"
+    if "failed finding central directory" in text or "Invalid argument" in text or "EOF" in text:
+        return f"truncated or not a torch file: {text}"
+    return text
 
 
 def clean_stale_temps(folder: str | Path) -> list[Path]:

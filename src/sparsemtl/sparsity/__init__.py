@@ -10,7 +10,8 @@ from .channels import (
     removable_channels,
 )
 from .groupings import GROUPINGS, GroupStructure, build_grouping, input_channels, matching_convs
-from .optim import PENALTIES, ProxAdamW, ProxSGD
+from .optim import ProxAdamW, ProxSGD
+from .penalties import PENALTIES, Penalty
 from .prox import block_soft_threshold, group_lasso_prox_, group_mcp_prox, group_mcp_prox_, weighted_group_lasso_prox
 from .regularizer import REWEIGHTS, group_weights, regularized_param_groups
 from .report import LayerSparsity, SparsityReport, model_sparsity_report, sparsity_report
@@ -29,6 +30,7 @@ __all__ = [
     "GroupStructure",
     "LayerSparsity",
     "PENALTIES",
+    "Penalty",
     "ProxAdamW",
     "ProxSGD",
     "REWEIGHTS",

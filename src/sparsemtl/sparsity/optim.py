@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 
-from .prox import group_lasso_prox_, group_mcp_prox_
+from .penalties import PENALTIES
 from .slices import GroupSlices
 
-PENALTIES = ("group_lasso", "group_mcp")
 PROX_METRICS = ("corrected", "reference")
 
 
@@ -49,9 +48,8 @@ class _ProximalStep:
                 raise ValueError(f"prox spec lists {len(spec['dims'])} tensors for {n} parameters")
             penalty = spec.get("penalty", "group_lasso")
             if penalty not in PENALTIES:
-                raise ValueError(f"unknown penalty {penalty!r}; available: {', '.join(PENALTIES)}")
-            if penalty == "group_mcp" and not (spec.get("gamma") or 0) > 0:
-                raise ValueError("group_mcp needs a prox spec 'gamma' > 0")
+                raise ValueError(f"unknown penalty {penalty!r}; available: {', '.join(PENALTIES.names())}")
+            PENALTIES.get(penalty)().check(spec)
         super().add_param_group(param_group)  # type: ignore[misc]
         self._slices.clear()
 
@@ -87,12 +85,8 @@ class _ProximalStep:
         tau = weights * (lr * float(group["lam"]))
         if informed is not None:
             tau = torch.where(informed, tau, torch.zeros_like(tau))
-        if spec.get("penalty", "group_lasso") == "group_mcp":
-            group_mcp_prox_(slices, tau, lr / float(spec["gamma"]), precond)
-        elif precond is None:
-            group_lasso_prox_(slices, tau)
-        else:
-            group_lasso_prox_(slices, tau, precond, norms=self._warm_starts(group, slices))
+        penalty = PENALTIES.get(spec.get("penalty", "group_lasso"))()
+        penalty.prox_(slices, tau, lr, spec, precond, lambda: self._warm_starts(group, slices))
 
     def _warm_starts(self, group: dict[str, Any], slices: GroupSlices) -> list[torch.Tensor]:
         """Per-parameter group norms of the previous step (optimiser state, so they round-trip)."""

@@ -7,18 +7,28 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .groupings import GroupStructure
 
 #: name -> ``fn(group_sizes) -> per-group multiplier of lambda``
-REWEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sqrt_size": torch.sqrt,
-    "none": torch.ones_like,
-}
+REWEIGHTS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("reweighting")
+
+
+@REWEIGHTS.register("sqrt_size")
+def sqrt_size(sizes: torch.Tensor) -> torch.Tensor:
+    """w_g = sqrt(group size): large groups are not favoured (the group lasso's usual weight)."""
+    return torch.sqrt(sizes)
+
+
+@REWEIGHTS.register("none")
+def unweighted(sizes: torch.Tensor) -> torch.Tensor:
+    """w_g = 1 for every group."""
+    return torch.ones_like(sizes)
 
 
 def group_weights(structure: GroupStructure, reweight: str | Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Per-group lambda multipliers, e.g. sqrt(group size) so large groups are not favoured."""
-    fn = REWEIGHTS[reweight] if isinstance(reweight, str) else reweight
+    fn = REWEIGHTS.get(reweight) if isinstance(reweight, str) else reweight
     weights = torch.as_tensor(fn(structure.group_sizes()), dtype=torch.float64)
     if weights.shape != (structure.num_groups,) or not torch.isfinite(weights).all() or (weights < 0).any():
         raise ValueError("group reweighting must return one finite, non-negative weight per group")

@@ -172,6 +172,15 @@ class TaskDefinition:
                 "from metric_directions or disagrees with higher_is_better"
             )
 
+    @property
+    def summary(self) -> str:
+        """One line for ``sparsemtl list tasks``."""
+        direction = "higher" if self.higher_is_better else "lower"
+        return (
+            f"{self.head} head; metrics {', '.join(self.metric_directions)}; "
+            f"selects on {self.primary_metric} ({direction} is better)"
+        )
+
     def out_channels(self, spec: TaskSpec) -> int:
         self._check_spec(spec)
         return self.channels(spec)

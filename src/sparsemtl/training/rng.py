@@ -32,18 +32,18 @@ def rng_state(loader_generator: torch.Generator | None = None) -> dict[str, Any]
 def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | None = None) -> None:
     """Inverse of :func:`rng_state` (CUDA states only when the same devices exist)."""
     py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].cpu().tolist()), py["gauss"]))
     npst = state["numpy"]
     np.random.set_state(
         {
             "bit_generator": npst["bit_generator"],
-            "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
+            "state": {"key": npst["key"].cpu().numpy().astype(np.uint32), "pos": npst["pos"]},
             "has_gauss": npst["has_gauss"],
             "gauss": npst["gauss"],
         }
     )
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if loader_generator is not None and state["loader"] is not None:
-        loader_generator.set_state(state["loader"])
+        loader_generator.set_state(state["loader"].cpu())

@@ -4,26 +4,52 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
 from ..config import ConfigError, SchedulerConfig
+from ..registry import Registry
 from ..tasks import get_task
 from ..tasks.spec import TaskSpec
+
+SCHEDULERS: Registry[Callable[[SchedulerConfig, torch.optim.Optimizer, int], Any]] = Registry("LR scheduler")
+
+
+@SCHEDULERS.register("cosine")
+def cosine(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+    """Cosine annealing from the initial lr to ``scheduler.min_lr`` over ``train.epochs``."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=cfg.min_lr)
+
+
+@SCHEDULERS.register("plateau")
+def plateau(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+    """Multiply lr by ``scheduler.factor`` after ``scheduler.patience`` epochs without a better
+    validation monitor (the seed's ReduceLROnPlateau)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
+    )
+
+
+@SCHEDULERS.register("step")
+def step(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+    """Multiply lr by ``scheduler.factor`` every ``scheduler.step_size`` epochs."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.factor)
+
+
+@SCHEDULERS.register("none")
+def constant(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+    """A constant learning rate."""
+    return None
 
 
 def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int):
     """Epoch-level LR scheduler (``None`` for 'none'); 'plateau' follows the validation monitor."""
-    lr_sched = torch.optim.lr_scheduler
-    if cfg.name == "cosine":
-        return lr_sched.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=cfg.min_lr)
-    if cfg.name == "plateau":
-        return lr_sched.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
-        )
-    if cfg.name == "step":
-        return lr_sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.factor)
-    return None
+    try:
+        factory = SCHEDULERS.get(cfg.name)
+    except KeyError as exc:
+        raise ConfigError(f"config key 'scheduler.name': {exc.args[0]}") from None
+    return factory(cfg, optimizer, epochs)
 
 
 class PenaltyScheduler:

@@ -177,6 +177,13 @@ class Trainer:
                 f"config key 'loss.weighting': unknown {cfg.weighting!r}; available: {', '.join(WEIGHTINGS.names())}"
             )
         options = {"weights": cfg.weights} if cfg.weighting == "fixed" else {}
+        if cfg.weighting == "dwa":  # DWA counts its epochs in steps
+            options = {"steps_per_epoch": len(self.loaders.train)}
+        if getattr(WEIGHTINGS.get(cfg.weighting), "needs_gradients", False) and self.context.distributed:
+            raise ConfigError(
+                f"config key 'loss.weighting': {cfg.weighting!r} combines per-task gradients itself, "
+                "which distributed (DDP) training does not support; use one process"
+            )
         try:
             return build_weighting(cfg.weighting, list(self.specs), **options)
         except ValueError as exc:
@@ -282,7 +289,9 @@ class Trainer:
                 self._write_run_files()
             return
         try:
-            self.load_state_dict(load_checkpoint(last, self.device))
+            # on the CPU: RNG states must stay CPU tensors; model and optimiser state are copied
+            # onto the parameters' device by load_state_dict
+            self.load_state_dict(load_checkpoint(last, "cpu"))
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise RunError(f"{str(last)!r} cannot be resumed: {one_line(exc)}") from None
         self.resumed += 1
@@ -432,9 +441,19 @@ class Trainer:
             target = batch[name].to(self.device, non_blocking=True)
             options = task_loss_options(spec, self.cfg.loss.label_smoothing)
             losses[name] = get_task(spec.kind).loss(outputs[name].float(), target, spec, **options)
-        total, weights = self.weighting(losses, active=list(losses))
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        if getattr(self.weighting, "needs_gradients", False):  # it writes the combined gradients itself
+            shared = {id(p) for p in self.model.encoder.parameters()}
+            total, weights = self.weighting.backward(
+                losses,
+                self.model.encoder.parameters(),
+                [p for p in self.model.parameters() if id(p) not in shared],
+                active=list(losses),
+                scale=self.scaler.scale,
+            )
+        else:
+            total, weights = self.weighting(losses, active=list(losses))
+            self.scaler.scale(total).backward()
         if self.cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)

@@ -1,4 +1,8 @@
-"""Plain-text tables for the terminal (no dependency, aligned columns)."""
+"""Plain-text tables for the terminal (no dependency, aligned columns).
+
+A base module like ``errors`` and ``runtime``: any stage may print a table (pruning, evaluation,
+reporting, the CLI) without importing a later stage.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Model size and compute: parameter counts and multiply-accumulates (MACs).
 
+A property of a model, so it lives with the models: pruning reports it before/after and
+evaluation next to latency.
+
 MACs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts the aten
 convolutions and matmuls however they are called (it reports FLOPs = 2 x MACs).
 """
