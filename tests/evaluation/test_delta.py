@@ -18,7 +18,8 @@ def test_delta_m_hand_computed_positive_is_worse():
     assert result.variant == "delta_m" and not result.positive_is_better
     assert result.per_task == pytest.approx({"seg": -7.5, "depth": 2.5 / 3})
     assert len(result.metrics) == 5
-    assert result.describe() == "\u0394m = -2.50% (Maninis et al., mean over all metrics; positive = worse)"
+    expected = "\u0394m = -2.50% (CAGrad / Nash-MTL convention, mean over all metrics; positive = worse)"
+    assert result.describe() == expected
 
 
 def test_delta_p_hand_computed_task_averaged_positive_is_better():
@@ -34,7 +35,7 @@ def test_delta_primary_prefers_rmse_and_accepts_override():
     result = delta_primary(MODEL, BASE, KINDS)
     assert result.metrics == (("seg", "miou"), ("depth", "rmse"))
     assert result.value == pytest.approx((25 + 10) / 2)
-    assert result.describe().endswith("(one primary metric per task; positive = better)")
+    assert result.describe().endswith("(Maninis et al. 2019, one primary metric per task; positive = better)")
     pinned = delta_primary(MODEL, BASE, KINDS, primary={"depth": "abs_err"})
     assert pinned.value == pytest.approx((25 - 25) / 2)
     no_rmse = {"seg": MODEL["seg"], "depth": {"abs_err": 0.5}}

@@ -212,3 +212,22 @@ def test_per_task_early_stopping_freezes_the_stalled_head_only(tiny_config):
     assert all(p.requires_grad is False for p in trainer.model.heads["depth"].parameters())
     assert all(p.requires_grad for p in trainer.model.heads["normals"].parameters())
     assert trainer.weighting.log_vars[1] != log_var_before[1]
+
+
+def test_dense_runs_skip_the_channel_analysis_and_a_failing_analysis_never_fails_a_run(tiny_config, monkeypatch):
+    import sparsemtl.training.trainer as trainer_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer cannot follow this model")
+
+    monkeypatch.setattr(trainer_module, "model_sparsity_report", broken)
+    dense = train(tiny_config("train.name=dense", "train.epochs=1"))
+    assert dense.sparsity["channel_analysis"] == "not run (dense)" and dense.sparsity["zero_groups"] == 0
+    sparse = train(
+        tiny_config("train.name=sparse", "train.epochs=1", "sparsity.penalty=group_lasso", "sparsity.lam=0.05")
+    )
+    assert sparse.sparsity["channel_analysis"] == "unavailable: RuntimeError: tracer cannot follow this model"
+    assert sparse.sparsity["zero_groups"] > 0 and "removable_channels" not in sparse.sparsity
+    monkeypatch.undo()
+    full = train(tiny_config("train.name=full", "train.epochs=1", "sparsity.penalty=group_lasso", "sparsity.lam=0.05"))
+    assert full.sparsity["channel_analysis"] == "done" and full.sparsity["removable_channels"] >= 0

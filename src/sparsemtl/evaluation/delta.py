@@ -3,14 +3,18 @@
 The variants differ in what they average and in their SIGN, so every result carries its
 variant name and a :meth:`DeltaResult.describe` string to print next to the number:
 
-* :func:`delta_m` — Maninis et al. 2019 (CAGrad, Nash-MTL): mean over ALL K metrics of
+* :func:`delta_m` — the convention of Liu et al. 2021 (CAGrad) and Navon et al. 2022 (Nash-MTL),
+  which flip Maninis et al.'s sign: mean over ALL K metrics of
   ``(-1)^{l_k} (M_k - B_k) / B_k * 100`` with ``l_k = 1`` if higher is better.
-  POSITIVE = WORSE.
-* :func:`delta_p` — LibMTL: the relative improvement ``(-1)^{1 - l_k} (M_k - B_k) / B_k * 100``
-  averaged within each task first, then over tasks. POSITIVE = BETTER.
-* :func:`delta_primary` — one metric per task (Vandenhende et al.'s survey, Auto-Lambda):
-  segmentation ``miou``, depth ``rmse`` (else ``abs_err``), normals ``mean_angle``, attributes
-  ``f1`` (else ``accuracy``), averaged over tasks. POSITIVE = BETTER.
+  POSITIVE = WORSE (their tables mark it "lower is better").
+* :func:`delta_p` — LibMTL (Lin & Zhang 2023): the relative improvement
+  ``(-1)^{1 - l_k} (M_k - B_k) / B_k * 100`` averaged within each task first, then over tasks.
+  POSITIVE = BETTER.
+* :func:`delta_primary` — Maninis et al. 2019 (ASTMT), who introduced the measure, as kept by
+  Vandenhende et al.'s survey: one metric per task, ``(-1)^{l_i} (M_i - B_i) / B_i * 100`` with
+  ``l_i = 1`` if LOWER is better, averaged over tasks: segmentation ``miou``, depth ``rmse``
+  (else ``abs_err``), normals ``mean_angle``, attributes ``f1`` (else ``accuracy``).
+  POSITIVE = BETTER.
 
 Inputs are ``{task: {metric: value}}`` for the model and for the single-task baselines (B_k,
 trained with the same recipe), and ``kinds = {task: kind}``; the direction of every metric
@@ -40,9 +44,9 @@ PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
 """Task kind -> metrics :func:`delta_primary` uses, in order of preference (first present wins)."""
 
 _VARIANTS = {
-    "delta_m": ("\u0394m", "Maninis et al., mean over all metrics", "positive = worse"),
+    "delta_m": ("\u0394m", "CAGrad / Nash-MTL convention, mean over all metrics", "positive = worse"),
     "delta_p": ("\u0394p", "LibMTL, task-averaged", "positive = better"),
-    "delta_primary": ("\u0394", "one primary metric per task", "positive = better"),
+    "delta_primary": ("\u0394", "Maninis et al. 2019, one primary metric per task", "positive = better"),
 }
 
 

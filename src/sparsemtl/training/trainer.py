@@ -536,7 +536,6 @@ class Trainer:
         self.model.load_state_dict(best["model"])
         self.weighting.load_state_dict(best["loss_weighting"])
         test = self.evaluate("test")
-        report = model_sparsity_report(self.model, self.cfg.sparsity.grouping, self.cfg.sparsity.modules)
         summary = RunSummary(
             run_dir=str(self.run_path),
             tasks=list(self.specs),
@@ -547,7 +546,7 @@ class Trainer:
             monitor=best["monitor"],
             val=self.best_val.to_dict(),
             test=test.to_dict(),
-            sparsity={**report.to_dict(), "settings": dataclasses.asdict(self.cfg.sparsity)},
+            sparsity={**self._final_sparsity(), "settings": dataclasses.asdict(self.cfg.sparsity)},
             parameters=self.model.parameter_counts(),
             train_seconds=self.seconds,
             device=str(self.device),
@@ -563,6 +562,20 @@ class Trainer:
             if self.cfg.train.progress and self.baselines:
                 print("\n".join(d["describe"] for d in summary.delta.values()), flush=True)
         return summary
+
+    def _final_sparsity(self) -> dict[str, Any]:
+        """Zero groups of the best model, and for a sparse run which channels could be removed.
+        A dense run needs no channel analysis; a model the analysis cannot handle is reported as
+        such instead of failing a finished run."""
+        sp = self.cfg.sparsity
+        if sp.penalty == "none" or sp.lam == 0:
+            return {**sparsity_report(self.structure, sp.grouping).to_dict(), "channel_analysis": "not run (dense)"}
+        try:
+            report = model_sparsity_report(self.model, sp.grouping, sp.modules)
+        except Exception as exc:  # noqa: BLE001 - any model the tracer cannot prove: keep the run, say why
+            fallback = sparsity_report(self.structure, sp.grouping).to_dict()
+            return {**fallback, "channel_analysis": f"unavailable: {type(exc).__name__}: {one_line(exc)}"}
+        return {**report.to_dict(), "channel_analysis": "done"}
 
     def _data_check_summary(self) -> dict[str, Any]:
         if self.data_check is None:
