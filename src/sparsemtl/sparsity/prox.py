@@ -255,24 +255,9 @@ def _weighted_rows_prox_(
     excess = (weighted if full else weighted.index_select(0, active)) - ta
     lower = lower_all if full else lower_all.index_select(0, active)
     upper = excess / (dmin if full else dmin.index_select(0, active))
-    if start is not None:  # an overflowed (inf) or missing warm start falls back to the lower bound
-        theta = torch.clamp(start[active].to(lower.dtype), lower, upper)
-        theta = torch.where(theta.isfinite(), theta, lower)
-    else:
-        theta = lower
+    theta = _row_start(start, active, lower, upper)
     c = torch.div(ta.unsqueeze(1), c, out=c)  # c_i = tau / d_i (tau > 0; d_i = 0 gives inf)
-    step_tol = 0.1 * math.sqrt(_default_rtol(theta.dtype) if rtol is None else rtol)
-    tiny = fi.tiny
-    for _ in range(max_iter):
-        u = (c + theta.unsqueeze(1)).reciprocal_()
-        w = u.mul(xa).square_()  # (x u)^2: bounded by (||d x|| / tau)^2, unlike u^2
-        s = w.sum(1)
-        t = w.mul_(u).sum(1)
-        new_theta = torch.minimum(torch.maximum(theta + (s * s.sqrt() - s) / t.clamp_min(tiny), lower), upper)
-        converged = bool(((new_theta - theta).abs() <= step_tol * new_theta).all())
-        theta = new_theta
-        if converged:
-            break
+    theta = _row_newton(xa, c, theta, lower, upper, rtol, max_iter)
     result[active] = theta
     th = theta.unsqueeze(1)
     xa.mul_(c.add_(th).reciprocal_().mul_(th))  # x * theta / (theta + c)
@@ -295,7 +280,6 @@ def _scaled_rows_prox_(
     Returns the zero-row mask and the new row norms (``start``: optional warm start per row).
     Each row is solved for x / max|x| (tau / max|x| alike; the minimiser scales back by max|x|),
     and ||d x|| is taken as max|d x| * ||d x / max|d x|||, so no square under- or overflows."""
-    tiny = _tiny(x)
     xmax = _safe_max(torch.linalg.vector_norm(x, float("inf"), dim=1))
     thresh = _scaled_threshold(tau, xmax)  # tau / max|x|
     xs = x / xmax.unsqueeze(1)
@@ -321,25 +305,11 @@ def _scaled_rows_prox_(
     lower = excess * (pm / c.amax(1))
     upper = excess * (pm / c.amin(1))
     scale = xmax if full else xmax.index_select(0, active)
-    if start is not None:  # an overflowed (inf) or missing warm start falls back to the lower bound
-        theta = torch.clamp(start[active].to(lower.dtype) / scale, lower, upper)
-        theta = torch.where(theta.isfinite(), theta, lower)
-    else:
-        theta = lower
+    theta = _row_start(start, active, lower, upper, scale)
     # c_i = tau' / d_i as a division (1 / d_i overflows for subnormal d_i); d_i = 0 with tau > 0
     # (even where tau' underflows) gives inf: that entry is set to 0
     c = torch.where(c > 0, ta.unsqueeze(1) / c, math.inf)
-    step_tol = 0.1 * math.sqrt(_default_rtol(theta.dtype) if rtol is None else rtol)
-    for _ in range(max_iter):
-        u = (c + theta.unsqueeze(1)).reciprocal_()
-        w = u.mul(xa).square_()  # (x u)^2, not u^2 x^2: u^2 alone can overflow
-        s = w.sum(1)
-        t = w.mul_(u).sum(1)
-        new_theta = torch.minimum(torch.maximum(theta + (s * s.sqrt() - s) / t.clamp_min(tiny), lower), upper)
-        converged = bool(((new_theta - theta).abs() <= step_tol * new_theta).all())
-        theta = new_theta
-        if converged:
-            break
+    theta = _row_newton(xa, c, theta, lower, upper, rtol, max_iter)
     result[active] = theta * scale
     th = theta.unsqueeze(1)
     factor = c.add_(th).reciprocal_().mul_(th)  # theta / (theta + c)
@@ -350,6 +320,50 @@ def _scaled_rows_prox_(
         x.masked_fill_(zero.unsqueeze(1), 0.0)
         x.index_copy_(0, active, shrunk)
     return zero, result
+
+
+def _row_start(
+    start: torch.Tensor | None,
+    active: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Newton's first iterate per active row: the warm start (divided by ``scale`` for a scaled
+    solve) clamped into [lower, upper]; an overflowed (inf) or missing one falls back to ``lower``."""
+    if start is None:
+        return lower
+    theta = start[active].to(lower.dtype)
+    theta = torch.clamp(theta if scale is None else theta / scale, lower, upper)
+    return torch.where(theta.isfinite(), theta, lower)
+
+
+def _row_newton(
+    x: torch.Tensor,
+    c: torch.Tensor,
+    theta: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    rtol: float | None,
+    max_iter: int,
+) -> torch.Tensor:
+    """Root theta = ||z|| of each row's secular equation by Newton on S(theta)^(-1/2), with
+    S = sum_i (x_i u_i)^2 and u_i = 1 / (theta + c_i) (c_i = tau / d_i); ``theta`` climbs
+    from below and is kept in [lower, upper]. (x u)^2 is formed, not u^2 x^2: u^2 alone can
+    overflow, (x u)^2 is bounded by (||d x|| / tau)^2."""
+    step_tol = 0.1 * math.sqrt(_default_rtol(theta.dtype) if rtol is None else rtol)
+    tiny = _tiny(theta)
+    for _ in range(max_iter):
+        u = (c + theta.unsqueeze(1)).reciprocal_()
+        w = u.mul(x).square_()
+        s = w.sum(1)
+        t = w.mul_(u).sum(1)
+        new_theta = torch.minimum(torch.maximum(theta + (s * s.sqrt() - s) / t.clamp_min(tiny), lower), upper)
+        converged = bool(((new_theta - theta).abs() <= step_tol * new_theta).all())
+        theta = new_theta
+        if converged:
+            break
+    return theta
 
 
 def _rows_as_slices(x: torch.Tensor) -> GroupSlices:
