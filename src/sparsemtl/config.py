@@ -331,12 +331,17 @@ def _check_combinations(cfg: Config) -> None:
     if cfg.loss.weights and cfg.loss.weighting != "fixed":
         raise ConfigError("config key 'loss.weights': only used with loss.weighting=fixed")
     if cfg.train.name is not None:
-        name = Path(cfg.train.name)
-        if not cfg.train.name.strip() or name.is_absolute() or ".." in name.parts:
-            raise ConfigError(
-                f"config key 'train.name': expected a relative name inside train.out_dir "
-                f"(no absolute path, no '..'), got {cfg.train.name!r}"
-            )
+        check_run_name(cfg.train.name)
+
+
+def check_run_name(name: str) -> None:
+    """A run name is a relative path that stays inside ``train.out_dir``."""
+    path = Path(name)
+    if not name.strip() or path.is_absolute() or ".." in path.parts or name.startswith("~"):
+        raise ConfigError(
+            f"config key 'train.name': expected a relative name inside train.out_dir "
+            f"(no absolute path, no '..'), got {name!r}"
+        )
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -48,31 +48,19 @@ CONFIG_NAMES: dict[str, tuple[Registry, tuple[str, ...]]] = {
     "sparsity.penalty": (PENALTIES, ("none",)),
     "sparsity.reweight": (REWEIGHTS, ()),
     "scheduler.name": (SCHEDULERS, ()),
+    "train.loggers": (LOGGERS, ()),
 }
 
 
 def check_config_names(cfg: Config) -> None:
     """ConfigError naming the key for any name no registry holds."""
-    values = {
-        "data.name": [cfg.data.name],
-        "model.dense_head": [cfg.model.dense_head],
-        "loss.weighting": [cfg.loss.weighting],
-        "sparsity.grouping": [cfg.sparsity.grouping],
-        "sparsity.penalty": [cfg.sparsity.penalty],
-        "sparsity.reweight": [cfg.sparsity.reweight],
-        "scheduler.name": [cfg.scheduler.name],
-    }
-    for key, names in values.items():
-        registry, extra = CONFIG_NAMES[key]
-        for name in names:
+    for key, (registry, extra) in CONFIG_NAMES.items():
+        section, field = key.split(".")
+        value = getattr(getattr(cfg, section), field)
+        for name in value if isinstance(value, tuple) else (value,):
             if name not in registry and name not in extra:
                 allowed = ", ".join([*extra, *registry.names()])
                 raise ConfigError(f"config key {key!r}: unknown {registry.kind} {name!r}; available: {allowed}")
-    for name in cfg.train.loggers:
-        if name not in LOGGERS:
-            raise ConfigError(
-                f"config key 'train.loggers': unknown logger {name!r}; available: {', '.join(LOGGERS.names())}"
-            )
     if not timm.is_model(cfg.model.encoder):
         raise ConfigError(
             f"config key 'model.encoder': {cfg.model.encoder!r} is not a timm model; "

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, config_from_dict
+from ..config import Config, check_run_name, config_from_dict
 from ..errors import ConfigError, RunError, one_line
 from .files import atomic_write_json, atomic_write_text, clean_stale_temps, load_checkpoint, save_checkpoint
 from .summary import RunSummary
@@ -54,16 +54,6 @@ RESUME_MAY_CHANGE = (
     "data.eval_batch_size",
     "data.check",
 )
-
-
-def check_run_name(name: str) -> None:
-    """A run name is a relative path that stays inside ``train.out_dir``."""
-    path = Path(name)
-    if not name.strip() or path.is_absolute() or ".." in path.parts or name.startswith("~"):
-        raise ConfigError(
-            f"config key 'train.name': expected a relative name inside train.out_dir "
-            f"(no absolute path, no '..'), got {name!r}"
-        )
 
 
 class RunDir:

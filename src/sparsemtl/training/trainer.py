@@ -580,9 +580,9 @@ class Trainer:
     def _data_check_summary(self) -> dict[str, Any]:
         if self.data_check is None:
             return {"checked": False}
-        report = self.data_check.to_dict()
-        bad = report.get("bad_samples", [])
-        return {"checked": True, "ok": report["ok"], "bad_samples_skipped": len(bad), "seconds": report["seconds"]}
+        report = self.data_check
+        skipped = len(report.bad_samples)
+        return {"checked": True, "ok": report.ok, "bad_samples_skipped": skipped, "seconds": round(report.seconds, 3)}
 
 
 def default_run_name(cfg: Config) -> str:
