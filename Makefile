@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean
+.PHONY: install demo study test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sparsemtl demo
 
+study: $(STAMP)
+	$(VENV)/bin/sparsemtl study configs/studies/synthetic-quick.yaml --out study-runs/quick
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
@@ -25,4 +28,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/synthetic_data.py
 
 clean:
-	rm -rf $(VENV) demo-runs runs .pytest_cache
+	rm -rf $(VENV) demo-runs study-runs runs .pytest_cache

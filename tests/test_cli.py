@@ -125,8 +125,9 @@ def test_paper_config_runs_with_small_overrides(tmp_path):
     from tests.data.test_nyuv2 import make_nyud
 
     root = make_nyud(tmp_path / "nyud", [f"f{i}" for i in range(10)], ["t0", "t1"])
-    config = Path(__file__).resolve().parents[1] / "configs" / "paper" / "nyuv2_seg+depth+normals_sparse.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "paper" / "nyuv2_base.yaml"
     small = [o for o in TINY if not o.startswith("data.num_")] + ["data.num_workers=0", "train.amp=none"]
+    small += ["tasks=[segmentation,depth,normals]", "sparsity.penalty=group_lasso", "sparsity.lam=1e-5"]
     small += [f"data.root={root}", "data.batch_size=4", "data.val_fraction=0.2", "train.epochs=1", "train.name=p"]
     assert main(["train", "--config", str(config), *small, f"train.out_dir={tmp_path}"]) == 0
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())

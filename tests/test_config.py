@@ -33,7 +33,7 @@ def test_yaml_file_and_overrides(tmp_path):
         ("train.amp=fp8", "config key 'train.amp': expected one of 'none', 'fp16', 'bf16'"),
         (
             "sparsity.penalty=l0",
-            "config key 'sparsity.penalty': unknown penalty 'l0'; available: none, group_lasso, group_mcp",
+            "config key 'sparsity.penalty': unknown penalty 'l0'; available: group_lasso, group_mcp, none",
         ),
         ("data.image_size=[8,8]", "config key 'data.image_size': expected two integers >= 16"),
         ("data.image_size=[64]", "config key 'data.image_size': expected a list of 2 values"),
@@ -84,13 +84,19 @@ def test_null_and_dict_values():
     assert cfg.loss.weights == {"depth": 2.0, "normals": 0.5}
 
 
-def test_every_shipped_config_validates():
+def test_every_shipped_config_and_study_validates():
     from pathlib import Path
 
+    from sparsemtl.studies.spec import expand, load_study
+
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
-    assert len(configs) >= 5
+    studies = [p for p in configs if p.parent.name == "studies"]
+    assert len(configs) - len(studies) >= 5 and len(studies) >= 4
     for path in configs:
-        load_config(path)
+        if path in studies:
+            assert expand(load_study(path))  # every cell's run config validated
+        else:
+            load_config(path)
 
 
 def test_base_inheritance_merges_sections_and_detects_cycles(tmp_path):

@@ -119,6 +119,46 @@ def _bench(args: argparse.Namespace) -> None:
     print(bench_command(args.models, args.size, args.batch, args.device, args.threads, args.min_run_time, args.json))
 
 
+def _study(args: argparse.Namespace) -> None:
+    from .errors import RunError
+    from .studies import load_study, run_study
+
+    flags = {
+        "partition": args.partition,
+        "gpus_per_node": args.gpus,
+        "timeout_min": args.timeout_min,
+        "array_parallelism": args.array_parallelism,
+    }
+    slurm = [f"study.slurm.{key}={value}" for key, value in flags.items() if value is not None]
+    spec = load_study(args.study, [*args.overrides, *slurm])  # flags are validated like the study file
+    out = Path(args.out) if args.out else Path("study-runs") / Path(args.study).stem
+    result = run_study(spec, out, workers=args.workers, launcher=args.launcher, dry_run=args.dry_run)
+    if args.dry_run:
+        print(result.table())
+        counts = {s: list(result.states.values()).count(s) for s in ("done", "partial", "new")}
+        print(f"{len(result.cells)} cells in {out}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return
+    done = len(result.cells) - len(result.failed)
+    print(f"study {out}: {done} of {len(result.cells)} cells done")
+    try:
+        from .studies.report import write_report
+    except ModuleNotFoundError as exc:
+        if exc.name != "sparsemtl.studies.report":
+            raise
+        print("note: the study report is not available in this version; skipped")
+    else:
+        print(f"wrote {write_report(out)}")
+    if result.failed:
+        names = ", ".join(result.failed)
+        raise RunError(f"{len(result.failed)} cell(s) failed: {names} (see {out / 'study.log'}; rerun to retry)")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .studies.report import write_report
+
+    print(f"wrote {write_report(args.study_dir, args.out)}")
+
+
 def _prepare_celebamask(args: argparse.Namespace) -> None:
     from .data import prepare_celebamask
 
@@ -210,6 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (matplotlib is an optional extra)")
     p.set_defaults(func=_sparsity)
+
+    p = sub.add_parser(
+        "study",
+        help="run a grid of runs from a study file (skips done cells, resumes interrupted ones), then report",
+        description="Run every cell of a study file into one folder: cells/<id> are normal run directories. "
+        "key=value overrides change the base run config; study.<key>=value changes the study "
+        "(e.g. study.grid.seed=[0] study.bench.device=cuda).",
+    )
+    p.add_argument("study", help="study YAML file (base config, grid, prune/bench/slurm settings)")
+    p.add_argument("--out", default=None, help="study folder (default: study-runs/<study file name>)")
+    p.add_argument("--workers", type=int, default=1, help="cells run at once on this machine (default 1)")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local", help="local processes or SLURM jobs")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their state, run nothing")
+    p.add_argument("--partition", default=None, help="SLURM partition (overrides slurm.partition)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs per SLURM job (overrides slurm.gpus_per_node)")
+    p.add_argument("--timeout-min", type=int, default=None, help="SLURM time limit per cell, minutes")
+    p.add_argument("--array-parallelism", type=int, default=None, help="SLURM array tasks running at once")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="base config or study.<key> overrides")
+    p.set_defaults(func=_study)
+
+    p = sub.add_parser("report", help="aggregate a study folder into tables, plots and report.html")
+    p.add_argument("study_dir", help="a folder written by 'sparsemtl study'")
+    p.add_argument("--out", default=None, help="where to write report.html and its files (default: inside STUDY_DIR)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("prepare", help="convert a raw public dataset release into the layout sparsemtl reads")
     prep = p.add_subparsers(dest="dataset", required=True)

@@ -73,6 +73,12 @@ class SparsityConfig:
     ramp_epochs: int = 0
     prox_metric: Literal["corrected", "reference"] = "corrected"
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the run is sparse: the one test for it (``lam > 0``; ``penalty: none`` with a
+        positive ``lam`` is refused when the config is loaded, so it never disagrees)."""
+        return self.lam > 0
+
 
 @dataclass
 class OptimConfig:
@@ -139,7 +145,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
 # Numeric range constraints, checked after type conversion: key -> (predicate, description).
@@ -183,11 +189,12 @@ _CONSTRAINTS: dict[str, tuple[Any, str]] = {
 }
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Tuples as lists, recursively: what YAML and JSON write."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -211,7 +218,7 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
+def convert_value(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` to type ``tp`` or raise ConfigError naming ``key``."""
     origin = get_origin(tp)
     fail = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
@@ -233,7 +240,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return None
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, arg, key)
+                return convert_value(value, arg, key)
             except ConfigError:
                 continue
         raise fail
@@ -244,16 +251,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise fail
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], key) for v in value)
+            return tuple(convert_value(v, args[0], key) for v in value)
         if len(value) != len(args):
             raise fail
-        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+        return tuple(convert_value(v, a, key) for v, a in zip(value, args))
     if origin is dict:
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise fail
-        return {str(k): _convert(v, get_args(tp)[1], f"{key}.{k}") for k, v in value.items()}
+        return {str(k): convert_value(v, get_args(tp)[1], f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -300,7 +307,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for name, value in values.items():
         key = prefix + name
-        converted = _convert(value, hints[name], key)
+        converted = convert_value(value, hints[name], key)
         check = _CONSTRAINTS.get(key)
         if check is not None and not check[0](converted):
             raise ConfigError(f"config key {key!r}: expected {check[1]}, got {value!r}")
@@ -346,7 +353,7 @@ def check_run_name(name: str) -> None:
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings to a nested mapping (values parsed as YAML)."""
-    result = _plain(values)
+    result = plain(values)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.001")
@@ -372,11 +379,12 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else one_line(problem)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` over ``base``, section by section (a nested mapping is merged, anything else replaced)."""
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_config(out[key], value) if nested else value
     return out
 
 
@@ -402,7 +410,7 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         return values
     if not isinstance(base, str):
         raise ConfigError(f"config file {str(path)!r}: 'base' must be a file name, got {base!r}")
-    return _merge(read_config_file(path.parent / base, (*_seen, path.resolve())), values)
+    return merge_config(read_config_file(path.parent / base, (*_seen, path.resolve())), values)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -42,7 +42,7 @@ def run_demo(
                 f"demo config {str(path)!r} not found; pass --configs DIR with {', '.join(DEMO_CONFIGS.values())}"
             )
         cfg = load_config(path, list(overrides or []) + [f"train.out_dir={out}", f"train.name={name}"])
-        lam = cfg.sparsity.lam if cfg.sparsity.penalty != "none" else 0
+        lam = cfg.sparsity.lam
         print(
             f"== training the {name} model ({cfg.model.encoder}, lambda={lam}) into {out / name}",
             flush=True,

@@ -18,8 +18,7 @@ from .errors import ConfigError
 from .models import HEADS
 from .registry import Registry
 from .sparsity import GROUPINGS, PENALTIES, REWEIGHTS
-from .tasks import WEIGHTINGS
-from .tasks.definitions import TASKS
+from .tasks import TASKS, WEIGHTINGS
 from .training.callbacks import LOGGERS
 from .training.schedule import SCHEDULERS
 
@@ -45,7 +44,7 @@ CONFIG_NAMES: dict[str, tuple[Registry, tuple[str, ...]]] = {
     "model.dense_head": (HEADS, ()),
     "loss.weighting": (WEIGHTINGS, ()),
     "sparsity.grouping": (GROUPINGS, ()),
-    "sparsity.penalty": (PENALTIES, ("none",)),
+    "sparsity.penalty": (PENALTIES, ()),
     "sparsity.reweight": (REWEIGHTS, ()),
     "scheduler.name": (SCHEDULERS, ()),
     "train.loggers": (LOGGERS, ()),

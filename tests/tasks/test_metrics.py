@@ -15,7 +15,7 @@ from sparsemtl.tasks import (
     NormalsMetric,
     SegmentationMetric,
 )
-from sparsemtl.tasks.metrics import ANGLE_BIN_WIDTH
+from sparsemtl.tasks.kinds.normals import ANGLE_BIN_WIDTH
 
 NAN = float("nan")
 

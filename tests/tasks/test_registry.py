@@ -10,6 +10,7 @@ SPECS = {
     "depth": TaskSpec("depth", "depth"),
     "normals": TaskSpec("normals", "normals"),
     "attribute": TaskSpec("smiling", "attribute"),
+    "edges": TaskSpec("edges", "edges"),
 }
 
 
@@ -31,17 +32,34 @@ def sample(kind: str, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
     if kind == "normals":
         target = torch.nn.functional.normalize(torch.randn(2, 3, 4, 4, generator=generator), dim=1)
         return noisy(target), target
+    if kind == "edges":
+        target = torch.randint(0, 2, (2, 1, 8, 8), generator=generator).to(torch.uint8)
+        target[0, 0, 0, 0] = IGNORE_INDEX
+        return noisy(target.float().clamp(max=1) * 8 - 4), target
     target = torch.randint(0, 2, (64,), generator=generator).float()
     return noisy(target * 2 - 1), target
 
 
 def test_registered_kinds() -> None:
-    assert TASKS.names() == ["attribute", "depth", "normals", "segmentation"]
+    assert TASKS.names() == ["attribute", "depth", "edges", "normals", "segmentation"]
 
 
 def test_unknown_kind_lists_available_kinds() -> None:
-    with pytest.raises(KeyError, match="attribute, depth, normals, segmentation"):
-        get_task("edges")
+    with pytest.raises(KeyError, match="attribute, depth, edges, normals, segmentation"):
+        get_task("keypoints")
+
+
+def test_unknown_kind_is_refused_when_the_spec_is_made() -> None:
+    with pytest.raises(KeyError, match="keypoints"):
+        TaskSpec("x", "keypoints")
+
+
+def test_no_loss_option_a_kind_does_not_declare() -> None:
+    pred, target = sample("depth", noise=0.1)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        get_task("depth").loss(pred, target, SPECS["depth"], label_smoothing=0.1)
+    assert get_task("depth").select_options({"label_smoothing": 0.1}) == {}
+    assert get_task("segmentation").select_options({"label_smoothing": 0.1}) == {"label_smoothing": 0.1}
 
 
 @pytest.mark.parametrize(
@@ -51,11 +69,12 @@ def test_unknown_kind_lists_available_kinds() -> None:
         ("depth", 1, "dense"),
         ("normals", 3, "dense"),
         ("attribute", 1, "global"),
+        ("edges", 1, "dense"),
     ],
 )
 def test_out_channels_and_head(kind: str, channels: int, head: str) -> None:
     task = get_task(kind)
-    assert task.kind == kind
+    assert task.name == kind
     assert task.out_channels(SPECS[kind]) == channels
     assert task.head == head
 

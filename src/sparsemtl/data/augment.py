@@ -6,11 +6,13 @@ generator state. :class:`AugmentedDataset` derives one generator per ``(seed, ep
 which keeps runs reproducible whatever the number of DataLoader workers.
 
 Sample format (see :mod:`sparsemtl.data.synthetic_scenes`): ``image`` float (3, H, W) in
-[0, 1]; segmentation int64 (H, W) with 255 void; depth (1, H, W) metres with 0 invalid;
-normals (3, H, W) camera-frame unit vectors (x right, y down, z forward), all-zero invalid;
-optional ``intrinsics`` (3, 3) in the pixel-centre convention (pixel ``u`` is sampled at
-``u + 0.5``). Any other entry that is not a dense (.., H, W) tensor (attribute scalars, ids)
-passes through untouched.
+[0, 1]; one entry per target, e.g. segmentation int64 (H, W) with 255 void, depth (1, H, W)
+metres with 0 invalid, normals (3, H, W) camera-frame unit vectors (x right, y down, z
+forward), all-zero invalid; optional ``intrinsics`` (3, 3) in the pixel-centre convention (pixel
+``u`` is sampled at ``u + 0.5``). How a dense target is mirrored, resampled and changed by a
+zoom is its task kind's business (:class:`sparsemtl.tasks.TaskKind` ``flip``,
+``interpolation``, ``zoom``); entries that are not dense maps (attribute scalars, ids) pass
+through untouched.
 
 Geometry. A crop of the window ``rows [top, top + h), cols [left, left + w)`` resized to
 (H, W) is the image of the same scene seen by a camera with ``fx' = fx * W / w``,
@@ -33,18 +35,27 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..tasks import TaskKind, get_task
+
 Sample = dict[str, Tensor]
 Transform = Callable[[Mapping[str, Tensor], torch.Generator], Sample]
-
-DENSE_KINDS = ("segmentation", "depth", "normals")
-DEFAULT_KINDS: Mapping[str, str] = {"segmentation": "segmentation", "depth": "depth", "normals": "normals"}
-"""Sample key -> task kind used when a transform is given no ``kinds`` mapping."""
 
 IMAGE_KEY = "image"
 INTRINSICS_KEY = "intrinsics"
 
 
-def _dense_keys(sample: Mapping[str, Tensor], kinds: Mapping[str, str]) -> tuple[tuple[int, int], dict[str, str]]:
+def _kind_of(key: str, kinds: Mapping[str, str] | None) -> TaskKind | None:
+    """The task kind of sample entry ``key``: from ``kinds``, else the kind named like the key."""
+    name = (kinds or {}).get(key, key)
+    try:
+        return get_task(name)
+    except KeyError:
+        return None
+
+
+def _dense_keys(
+    sample: Mapping[str, Tensor], kinds: Mapping[str, str] | None
+) -> tuple[tuple[int, int], dict[str, TaskKind]]:
     """The (H, W) of ``sample`` and its dense targets (key -> kind); unknown dense tensors raise."""
     if IMAGE_KEY not in sample:
         raise KeyError(f"sample has no {IMAGE_KEY!r} entry (keys: {sorted(sample)})")
@@ -52,12 +63,12 @@ def _dense_keys(sample: Mapping[str, Tensor], kinds: Mapping[str, str]) -> tuple
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
     size = (int(image.shape[-2]), int(image.shape[-1]))
-    dense: dict[str, str] = {}
+    dense: dict[str, TaskKind] = {}
     for key, value in sample.items():
         if key in (IMAGE_KEY, INTRINSICS_KEY) or not isinstance(value, Tensor):
             continue
-        kind = kinds.get(key)
-        if kind in DENSE_KINDS:
+        kind = _kind_of(key, kinds)
+        if kind is not None and kind.head == "dense":
             if tuple(value.shape[-2:]) != size:
                 raise ValueError(f"{key!r} has shape {tuple(value.shape)}, expected (..., {size[0]}, {size[1]})")
             dense[key] = kind
@@ -72,16 +83,16 @@ def _dense_keys(sample: Mapping[str, Tensor], kinds: Mapping[str, str]) -> tuple
 class RandomHorizontalFlip:
     """Mirror the sample left-right with probability ``p``.
 
-    Every dense target is flipped; the normals' x component is negated (zero, i.e. invalid,
-    normals stay zero); intrinsics, if present, get ``cx' = W - cx`` and a negated skew.
-    ``kinds`` maps sample keys to task kinds (default: keys named after their kind).
+    Every dense target is mirrored by its kind (e.g. normals also negate x); intrinsics, if
+    present, get ``cx' = W - cx`` and a negated skew. ``kinds`` maps sample keys to task kinds
+    (default: keys named after their kind).
     """
 
     def __init__(self, p: float = 0.5, kinds: Mapping[str, str] | None = None) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = float(p)
-        self.kinds = dict(DEFAULT_KINDS if kinds is None else kinds)
+        self.kinds = dict(kinds or {})
 
     def __call__(self, sample: Mapping[str, Tensor], generator: torch.Generator) -> Sample:
         draw = float(torch.rand((), generator=generator))  # always drawn: stream length is fixed
@@ -95,17 +106,11 @@ class RandomHorizontalFlip:
 
 def hflip(sample: Mapping[str, Tensor], kinds: Mapping[str, str] | None = None) -> Sample:
     """Deterministic left-right mirror of ``sample`` (see :class:`RandomHorizontalFlip`)."""
-    kinds = DEFAULT_KINDS if kinds is None else kinds
     (_, width), dense = _dense_keys(sample, kinds)
     out = dict(sample)
     out[IMAGE_KEY] = sample[IMAGE_KEY].flip(-1)
     for key, kind in dense.items():
-        flipped = sample[key].flip(-1)
-        if kind == "normals":
-            flipped = flipped.clone()
-            flipped[0] = -flipped[0]
-            flipped[0][flipped[0] == 0] = 0.0  # no -0.0: invalid pixels stay exactly zero
-        out[key] = flipped
+        out[key] = kind.flip(sample[key])
     if INTRINSICS_KEY in sample:
         k = sample[INTRINSICS_KEY].clone()
         k[0, 2] = width - k[0, 2]
@@ -118,11 +123,13 @@ class RandomScaleCrop:
     """MTAN / LibMTL scale augmentation: zoom in by a random ``s`` drawn from ``scales``.
 
     A window of size ``(round(H / s), round(W / s))`` at a uniformly random position is
-    resized back to (H, W): the image bilinearly, segmentation / depth / normals by nearest
-    neighbour (pixel-centre aligned, so labels never leave the original label set and void /
-    invalid pixels stay exactly 255 / 0). Depth is divided by ``s`` (zooming in = moving
-    closer; 0 stays 0), normals keep their direction, and intrinsics, if present, become those
-    of the crop-and-resize camera (``fx' = fx * W / w``, ``cx' = (cx - left) * W / w``).
+    resized back to (H, W): the image bilinearly, each dense target as its kind says
+    (``interpolation``: nearest neighbour, pixel-centre aligned, for segmentation / depth /
+    normals / edges, so labels never leave the original label set and void / invalid pixels
+    stay exactly 255 / 0), then its values changed by the kind's ``zoom`` (depth is divided by
+    ``s``: zooming in = moving closer; 0 stays 0; normals keep their direction). Intrinsics, if
+    present, become those of the crop-and-resize camera (``fx' = fx * W / w``,
+    ``cx' = (cx - left) * W / w``).
     """
 
     def __init__(self, scales: Sequence[float] = (1.0, 1.2, 1.5), kinds: Mapping[str, str] | None = None) -> None:
@@ -130,7 +137,7 @@ class RandomScaleCrop:
         if not scales or any(not np.isfinite(s) or s < 1.0 for s in scales):
             raise ValueError(f"scales must be a non-empty sequence of finite values >= 1, got {scales}")
         self.scales = scales
-        self.kinds = dict(DEFAULT_KINDS if kinds is None else kinds)
+        self.kinds = dict(kinds or {})
 
     def __call__(self, sample: Mapping[str, Tensor], generator: torch.Generator) -> Sample:
         height, width = _dense_keys(sample, self.kinds)[0]
@@ -161,8 +168,8 @@ def scale_crop(
     window: tuple[int, int, int, int],
     kinds: Mapping[str, str] | None = None,
 ) -> Sample:
-    """Crop ``window = (top, left, height, width)``, resize back, divide depth by ``scale``."""
-    kinds = DEFAULT_KINDS if kinds is None else kinds
+    """Crop ``window = (top, left, height, width)``, resize back, let each kind change its
+    values for the zoom ``scale``."""
     (height, width), dense = _dense_keys(sample, kinds)
     top, left, crop_h, crop_w = window
     if not (
@@ -187,11 +194,11 @@ def scale_crop(
     cols = _nearest_index(left, crop_w, width)
     for key, kind in dense.items():
         value = sample[key]
-        if not identity:
+        if not identity and kind.interpolation == "nearest":
             value = value[..., rows, :][..., cols]
-        if kind == "depth" and scale != 1.0:
-            value = value / scale  # 0 / s = 0: invalid stays invalid
-        out[key] = value
+        elif not identity:
+            value = _bilinear(value[..., top : top + crop_h, left : left + crop_w], (height, width))
+        out[key] = kind.zoom(value, scale)
 
     if INTRINSICS_KEY in sample:
         k = sample[INTRINSICS_KEY]
@@ -201,6 +208,14 @@ def scale_crop(
         k64[1, :] = torch.stack((k64[1, 0] * sy, k64[1, 1] * sy, (k64[1, 2] - top) * sy))
         out[INTRINSICS_KEY] = k64.to(k.dtype)
     return out
+
+
+def _bilinear(window: Tensor, size: tuple[int, int]) -> Tensor:
+    """A (..., h, w) float map resized to ``size`` (pixel-centre aligned)."""
+    lead = window.shape[:-2]
+    flat = window.reshape(1, -1, *window.shape[-2:]).float()
+    resized = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return resized.reshape(*lead, *size).to(window.dtype)
 
 
 class Compose:

@@ -25,6 +25,7 @@ from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
+from ..tasks.kinds.edges import boundaries
 from ..tasks.spec import TaskSpec
 from .procedural import ProceduralDataset
 
@@ -356,7 +357,7 @@ class _Hits:
 
 
 class SyntheticScenes(ProceduralDataset):
-    """Procedural indoor scenes with segmentation, depth, normals and attributes.
+    """Procedural indoor scenes with segmentation, depth, normals, class boundaries and attributes.
 
     Sample ``index`` is a pure function of ``(seed, index, image_size)``; the scene itself
     (:meth:`scene_parameters`) does not depend on ``image_size``, so one index rendered at
@@ -368,6 +369,7 @@ class SyntheticScenes(ProceduralDataset):
         "segmentation": TaskSpec("segmentation", "segmentation", len(CLASS_NAMES), CLASS_NAMES),
         "depth": TaskSpec("depth", "depth"),
         "normals": TaskSpec("normals", "normals"),
+        "edges": TaskSpec("edges", "edges"),
         **{name: TaskSpec(name, "attribute") for name in ATTRIBUTE_CLASSES},
     }
 
@@ -648,6 +650,7 @@ def render_scene(params: SceneParameters, image_size: tuple[int, int]) -> dict[s
         "segmentation": labels.astype(np.int64),
         "depth": depth.reshape(1, height, width).astype(np.float32),
         "normals": normals.reshape(3, height, width).astype(np.float32),
+        "edges": boundaries(labels),
         "intrinsics": intrinsics.astype(np.float32),
     }
     for name, class_id in ATTRIBUTE_CLASSES.items():

@@ -12,9 +12,9 @@ variant name and a :meth:`DeltaResult.describe` string to print next to the numb
   POSITIVE = BETTER.
 * :func:`delta_primary` — Maninis et al. 2019 (ASTMT), who introduced the measure, as kept by
   Vandenhende et al.'s survey: one metric per task, ``(-1)^{l_i} (M_i - B_i) / B_i * 100`` with
-  ``l_i = 1`` if LOWER is better, averaged over tasks: segmentation ``miou``, depth ``rmse``
-  (else ``abs_err``), normals ``mean_angle``, attributes ``f1`` (else ``accuracy``).
-  POSITIVE = BETTER.
+  ``l_i = 1`` if LOWER is better, averaged over tasks; the metric is the task kind's primary one
+  (``TaskKind.primary_metrics``, first available: segmentation ``miou``, depth ``rmse`` else
+  ``abs_err``, normals ``mean_angle``, attributes ``f1`` else ``accuracy``). POSITIVE = BETTER.
 
 Inputs are ``{task: {metric: value}}`` for the model and for the single-task baselines (B_k,
 trained with the same recipe), and ``kinds = {task: kind}``; the direction of every metric
@@ -29,19 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import DeltaError
-from ..tasks.definitions import get_task
+from ..tasks import get_task
 
 Metrics = Mapping[str, Mapping[str, float]]
 Kinds = Mapping[str, "str | Mapping[str, bool]"]
 """``{task: kind}``; a task may instead map to explicit ``{metric: higher_is_better}`` directions."""
-
-PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
-    "segmentation": ("miou",),
-    "depth": ("rmse", "abs_err"),
-    "normals": ("mean_angle",),
-    "attribute": ("f1", "accuracy"),
-}
-"""Task kind -> metrics :func:`delta_primary` uses, in order of preference (first present wins)."""
 
 _VARIANTS = {
     "delta_m": ("\u0394m", "CAGrad / Nash-MTL convention, mean over all metrics", "positive = worse"),
@@ -164,13 +156,16 @@ def delta_p(metrics: Metrics, baselines: Metrics, kinds: Kinds) -> DeltaResult:
 
 
 def primary_metric(kind: str, available: Mapping[str, float] | Sequence[str]) -> str:
-    """The metric :func:`delta_primary` uses for a task of ``kind`` given the ``available`` ones."""
-    if kind not in PRIMARY_METRICS:
-        raise DeltaError(f"no primary metric defined for task kind {kind!r} (known: {sorted(PRIMARY_METRICS)})")
-    for name in PRIMARY_METRICS[kind]:
+    """The metric :func:`delta_primary` uses for a task of ``kind`` given the ``available`` ones:
+    the first of the kind's ``primary_metrics`` that is available."""
+    try:
+        preferred = get_task(kind).primary_metrics
+    except KeyError as exc:
+        raise DeltaError(exc.args[0]) from None
+    for name in preferred:
         if name in available:
             return name
-    raise DeltaError(f"task kind {kind!r} needs one of {PRIMARY_METRICS[kind]}, got {sorted(available)}")
+    raise DeltaError(f"task kind {kind!r} needs one of {preferred}, got {sorted(available)}")
 
 
 def delta_primary(
@@ -179,7 +174,7 @@ def delta_primary(
     kinds: Kinds,
     primary: Mapping[str, str] | None = None,
 ) -> DeltaResult:
-    """One metric per task (``PRIMARY_METRICS``, or ``primary = {task: metric}`` overrides),
+    """One metric per task (the kind's primary metric, or ``primary = {task: metric}`` overrides),
     relative improvement averaged over tasks. POSITIVE = BETTER.
 
     For depth, RMSE is preferred over AbsErr when the model reports both; pass ``primary`` to

@@ -34,8 +34,8 @@ class EvalResult:
 
 
 def task_loss_options(spec: TaskSpec, label_smoothing: float) -> dict[str, float]:
-    """Loss keyword options that apply to this task kind."""
-    return {"label_smoothing": label_smoothing} if spec.kind == "segmentation" else {}
+    """Loss keyword options that apply to this task kind (the kind declares which it takes)."""
+    return get_task(spec.kind).select_options({"label_smoothing": label_smoothing})
 
 
 @torch.inference_mode()

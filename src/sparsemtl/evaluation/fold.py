@@ -4,9 +4,11 @@ Latency comparisons must run on folded models: an unfolded BN is a separate pass
 activations, a fixed cost that does not shrink with the MACs and would blur the speed-up of a
 pruned model (README, "Shrinking: physical pruning and honest measurement"). Both models of a comparison are folded.
 
-Pairs are found from one traced forward, so the wiring inside timm ``features_only`` wrappers
-and torchvision's ASPP is seen as executed, not guessed from the module order. A pair is folded
-only where folding is exact:
+Pairs are found from the model graph (:func:`sparsemtl.models.graph.model_graph`, the traced
+graph shared with the sparsity report) and one hooked forward, so the wiring inside timm
+``features_only`` wrappers and torchvision's ASPP is seen as executed, not guessed from the module
+order. The graph is the original model's (cached, often already traced for the sparsity report);
+it answers for the copy being folded by module name. A pair is folded only where folding is exact:
 - the BN's input *is* the conv's output tensor, not modified in place in between (forward hooks
   compare the tensor object and its version counter);
 - the BN is the conv's only consumer (Torch-Pruning's dependency graph: exactly one node reads
@@ -25,25 +27,26 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from ..models.graph import dependency_graph
+from ..models.graph import ModelGraph, model_graph, trace_input
 
 
 def fold_batchnorm(model: nn.Module, example_inputs: torch.Tensor | None = None) -> nn.Module:
     """An eval-mode deep copy with every foldable BatchNorm2d merged into its conv and replaced by
-    ``nn.Identity()`` (timm's ``BatchNormAct2d`` by its activation); the original is not touched.
+    ``nn.Identity()`` (timm's ``BatchNormAct2d`` by its activation); the original keeps its weights
+    and modes (it only gains its cached model graph).
 
     ``example_inputs`` is the trace input (default: one random 64x64 RGB image); BNs the trace
     does not reach, or that cannot be folded exactly, stay in the copy.
     """
-    folded = copy.deepcopy(model).eval()
-    ref = next(folded.parameters())
+    ref = next(model.parameters())
     x = torch.rand(1, 3, 64, 64) if example_inputs is None else example_inputs
     x = x.to(device=ref.device, dtype=ref.dtype)
+    graph = model_graph(model, x)
+    folded = copy.deepcopy(model).eval()
     names = {module: name for name, module in folded.named_modules()}
-    pairs = foldable_pairs(folded, x)
-    with torch.no_grad():
-        expected = folded(x)
-    for conv, bn in pairs:
+    record = _ForwardRecord()
+    expected = record.run(folded, x)
+    for conv, bn in _exact_pairs(graph, record, names):
         _fold_into_conv(conv, bn)
         _replace(folded, names[bn], _without_norm(bn))
     with torch.no_grad():
@@ -54,17 +57,28 @@ def fold_batchnorm(model: nn.Module, example_inputs: torch.Tensor | None = None)
 def foldable_pairs(
     model: nn.Module, example_inputs: torch.Tensor | None = None
 ) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """The (conv, BN) pairs of ``model`` whose folding leaves every output unchanged."""
+    """The (conv, BN) pairs of ``model`` whose folding leaves every output unchanged
+    (``example_inputs`` as for :func:`fold_batchnorm`)."""
+    x = trace_input(model, example_inputs)
+    graph = model_graph(model, x)
     record = _ForwardRecord()
-    handles = record.attach(model)
+    modes = [(m, m.training) for m in model.modules()]
     try:
-        graph = dependency_graph(model, example_inputs)
+        record.run(model.eval(), x)
     finally:
-        for handle in handles:
-            handle.remove()
+        for module, training in modes:
+            module.training = training
+    return _exact_pairs(graph, record, {module: name for name, module in model.named_modules()})
+
+
+def _exact_pairs(
+    graph: ModelGraph, record: _ForwardRecord, names: dict[nn.Module, str]
+) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """The recorded (conv, BN) pairs that pass every exactness test; ``record`` ran a model with
+    the graph's structure whose modules are called ``names``."""
     pairs = []
     for bn, conv in record.bn_input_from.items():
-        node = graph.module2node.get(conv)
+        node = graph.node(names[conv])
         sole_reader = node is not None and len(set(node.outputs)) == 1
         if sole_reader and record.calls[conv] == record.calls[bn] == 1 and _foldable_norm(bn):
             pairs.append((conv, bn))
@@ -80,14 +94,21 @@ class _ForwardRecord:
         self.bn_input_from: dict[nn.BatchNorm2d, nn.Conv2d] = {}
         self._produced: dict[int, tuple[torch.Tensor, int, nn.Conv2d]] = {}
 
-    def attach(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    def run(self, model: nn.Module, x: torch.Tensor) -> object:
+        """``model(x)`` without grad, recorded; returns the outputs."""
         handles = []
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
                 handles.append(m.register_forward_hook(self._conv_ran))
             elif isinstance(m, nn.BatchNorm2d):
                 handles.append(m.register_forward_pre_hook(self._bn_runs))
-        return handles
+        try:
+            with torch.no_grad():
+                return model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._produced.clear()
 
     def _conv_ran(self, conv: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         self.calls[conv] += 1

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from ..config import apply_overrides, config_from_dict
 from ..data import build_dataset, select_tasks
+from ..data.collate import TaskCollate
 from ..errors import ConfigError, DataError
 from ..runs import ModelFile, open_model
 from ..runtime import resolve_device
@@ -40,6 +41,12 @@ def evaluate_model_file(
                 f"task {name!r} of {str(opened.path)!r} was trained as {spec.kind} with {spec.num_classes} classes, "
                 f"but the data gives {found[name].kind} with {found[name].num_classes} classes"
             )
-    loader = DataLoader(dataset, cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    loader = DataLoader(
+        dataset,
+        cfg.data.eval_batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        collate_fn=TaskCollate(found),
+    )
     result = evaluate(opened.model.to(device), loader, opened.specs, device, cfg.train.amp)
     return opened, result

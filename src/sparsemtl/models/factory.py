@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import ConfigError, ModelConfig
-from ..tasks import TASKS
+from ..tasks import get_task
 from ..tasks.spec import TaskSpec
 from .encoder import Encoder
 from .heads import HEADS
@@ -22,7 +22,7 @@ def build_model(cfg: ModelConfig, task_specs: dict[str, TaskSpec]) -> MultiTaskM
     heads = {}
     dense = set()
     for name, spec in task_specs.items():
-        task = TASKS.get(spec.kind)
+        task = get_task(spec.kind)
         builder = dense_head if task.head == "dense" else HEADS.get("classifier")
         heads[name] = builder(encoder.out_channels, task.out_channels(spec), cfg)
         if task.head == "dense":

@@ -1,9 +1,11 @@
 """Physically remove the exactly removable channels of a model with Torch-Pruning.
 
 Which channels go is decided by :func:`sparsemtl.sparsity.removable_channels` (dead or
-unread channels that reach no output); Torch-Pruning only does the surgery. Channel sets are
-computed once on the unpruned copy, then cut one at a time on one dependency graph (re-tracing
-per set costs ~0.5 s each on a ResNet-26D). That graph stays valid because Torch-Pruning prunes
+unread channels that reach no output); Torch-Pruning only does the surgery. The copy is traced
+once: its channel sets are computed on that model graph, then cut one set at a time on it
+(re-tracing per set costs ~0.5 s each on a ResNet-26D). The graph is private to the pruning
+(built directly, not through the shared cache of :func:`sparsemtl.models.graph.model_graph`)
+because cutting rewrites it. It stays valid from one cut to the next because Torch-Pruning prunes
 modules in place, its concat pruner updates the cached concat sizes and ``get_pruning_group``
 recomputes the concat/split index mappings from them. Root indices are kept in the original
 numbering and mapped to the current one through the surviving original channels of each layer.
@@ -26,12 +28,13 @@ from ..data import build_dataset
 from ..errors import PruningVerificationError
 from ..models import build_model
 from ..models.complexity import count_macs, count_parameters
-from ..models.graph import dependency_graph
+from ..models.graph import ModelGraph
 from ..models.widths import WIDTH_TYPES, changed_widths, layer_widths
 from ..runs import atomic_write_json, open_model, save_pruned
 from ..runs.model_file import without_pretrained
 from ..sparsity import build_grouping
-from ..sparsity.channels import ChannelRemovability, ChannelSet, channel_sets, removable_channels
+from ..sparsity.channels import ChannelRemovability, ChannelSet, graph_channel_sets, removable_channels
+from ..sparsity.groupings import matching_convs
 from ..tables import format_table
 from .export import export_onnx
 
@@ -211,15 +214,16 @@ def prune_model(
     size = tuple(input_size or x.shape[-2:])
     original = model
     pruned = copy.deepcopy(model).eval()
-    sets = channel_sets(pruned, patterns, x)
+    matching_convs(pruned, patterns)  # a typo fails before the trace
+    graph = ModelGraph(pruned, x)
+    sets = graph_channel_sets(graph, patterns)
     found = removable_channels(pruned, sets)
-    graph = dependency_graph(pruned, x)
     survivors: dict[nn.Module, list[int]] = {}
     removed = 0
     for cset, removability in zip(sets, found):
         cut = channels_to_cut(removability)
         if cut.numel():
-            removed += _cut_set(graph, cset.name, root_indices(cset, cut), survivors)
+            removed += _cut_set(graph.dependency, cset.name, root_indices(cset, cut), survivors)
     randoms = [torch.rand(2, *x.shape[1:], dtype=x.dtype, device=x.device) for _ in range(2)]
     errors = verify_pruned(original, pruned, [*randoms, *check_inputs], rtol)
     return PruneResult(

@@ -14,6 +14,7 @@ class RunSummary:
 
     run_dir: str
     tasks: list[str]
+    task_kinds: dict[str, str]
     best_epoch: int
     epochs_run: int
     stopped_early: bool

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from ..models.graph import dependency_graph
+from ..models.graph import ModelGraph, model_graph
 from .groupings import GROUPINGS, GroupStructure, matching_convs
 
 OPTYPE = tp.ops.OPTYPE
@@ -63,18 +63,19 @@ class ChannelSlice:
     channel: torch.Tensor
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class ChannelSet:
     """Coupled channels, named after the layer the graph was queried from (a matching conv).
 
     ``to_output[c]`` marks channels that reach a model output directly: those are never
-    removable, whatever their weights.
+    removable, whatever their weights. Sets are cached with the model graph and shared by every
+    caller, hence frozen with tuples (treat the tensors as read-only too).
     """
 
     name: str
     channels: int
-    writers: list[ChannelSlice]
-    readers: list[ChannelSlice]
+    writers: tuple[ChannelSlice, ...]
+    readers: tuple[ChannelSlice, ...]
     to_output: torch.Tensor
 
 
@@ -106,20 +107,35 @@ def channel_sets(
     couple a layer's channels with different sets), its remaining channels get sets too, so every
     writer parameter in the result is covered entirely and exactly once. Convs that no output
     depends on are not traced and get no set.
+
+    Computed once per model graph (:func:`sparsemtl.models.graph.model_graph`) and patterns: the
+    sets depend on the wiring only, not on weight values.
     """
-    roots = [conv for _, conv in matching_convs(model, patterns)]
-    graph = dependency_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
+    matching_convs(model, patterns)  # a typo fails before the trace
+    return graph_channel_sets(model_graph(model, example_inputs), patterns)
+
+
+def graph_channel_sets(graph: ModelGraph, patterns: Sequence[str]) -> list[ChannelSet]:
+    """:func:`channel_sets` of the model ``graph`` was traced from (memoised on the graph)."""
+    sets = graph.derived(("channel_sets", tuple(patterns)), lambda: tuple(_trace_sets(graph, patterns)))
+    return list(sets)
+
+
+def _trace_sets(graph: ModelGraph, patterns: Sequence[str]) -> list[ChannelSet]:
+    roots = [conv for _, conv in matching_convs(graph.model, patterns)]
+    names = graph.names
+    dependency = graph.dependency
     covered: dict[nn.Module, torch.Tensor] = {}
-    queue = deque(m for m in roots if m in graph.module2node)
+    queue = deque(m for m in roots if m in dependency.module2node)
     sets = []
     while queue:
         root = queue.popleft()
         todo = _uncovered(covered, root)
         if todo.numel() == 0:
             continue
-        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, todo.tolist())
-        cset, writers = _channel_set(graph, group, names[root], todo, names)
+        pruner = dependency.get_pruner_of_module(root)
+        group = dependency.get_pruning_group(root, pruner.prune_out_channels, todo.tolist())
+        cset, writers = _channel_set(dependency, group, names[root], todo, names)
         for module, index in writers:
             _cover(covered, module, index)
         queue.extend(m for m, _ in writers if not covered[m].all())
@@ -175,7 +191,7 @@ def _channel_set(
             writer_modules.append((module, index))
         else:
             readers.extend(_reader_slices(names[module], module, index, channel))
-    return ChannelSet(name, todo.numel(), writers, readers, to_output), writer_modules
+    return ChannelSet(name, todo.numel(), tuple(writers), tuple(readers), to_output), writer_modules
 
 
 def _role(graph: tp.DependencyGraph, dep: tp.Dependency) -> str | None:
@@ -229,7 +245,7 @@ def _reader_slices(name: str, module: nn.Module, index: torch.Tensor, channel: t
     return [ChannelSlice(f"{name}.weight", module.weight, dim, index, channel)]
 
 
-def _channel_amax(model: nn.Module, slices: list[ChannelSlice], channels: int) -> torch.Tensor:
+def _channel_amax(model: nn.Module, slices: Sequence[ChannelSlice], channels: int) -> torch.Tensor:
     """Largest |w| over all slices of each channel (0 for a channel without slices).
 
     Parameters are looked up by name, so sets computed once stay valid for a copy of the model
@@ -269,9 +285,9 @@ def _structure(rows: dict[str, tuple[nn.Parameter, int, torch.Tensor]], owners: 
     )
 
 
-def _following_batchnorm(graph: tp.DependencyGraph, conv: nn.Conv2d) -> _BatchNorm | None:
+def _following_batchnorm(graph: ModelGraph, conv: nn.Conv2d) -> _BatchNorm | None:
     """The affine BatchNorm whose only input is ``conv``'s output, if any."""
-    node = graph.module2node.get(conv)
+    node = graph.dependency.module2node.get(conv)
     for out in [] if node is None else node.outputs:
         if out.type == OPTYPE.BN and len(out.inputs) == 1 and out.module.affine:
             return out.module
@@ -283,8 +299,8 @@ def output_channels(model: nn.Module, patterns: Sequence[str]) -> GroupStructure
     """Group ``i`` of a conv: its filter ``W[i]``, bias ``b[i]`` and the entries ``i`` of the
     BatchNorm that directly follows it. Per layer only: not coupled across residual adds, so a
     zero group is removable only where nothing else writes the channel."""
-    graph = dependency_graph(model)
-    names = {m: n for n, m in model.named_modules()}
+    graph = model_graph(model)
+    names = graph.names
     rows: dict[str, tuple[nn.Parameter, int, torch.Tensor]] = {}
     owners: list[str] = []
     for name, conv in matching_convs(model, patterns):

@@ -41,6 +41,14 @@ class Penalty:
 PENALTIES: Registry[type[Penalty]] = Registry("penalty")
 
 
+@PENALTIES.register("none")
+class NoPenalty(Penalty):
+    """No penalty, P = 0 (a dense run; needs lam = 0): its prox is the identity."""
+
+    def prox_(self, slices, tau, lr, spec, precond, warm_starts) -> None:
+        return None
+
+
 @PENALTIES.register("group_lasso")
 class GroupLasso(Penalty):
     """Group lasso, P(t) = t: block soft-thresholding, exact zeros for every small group."""

@@ -110,6 +110,8 @@ def sparsity_report(
 
 def model_sparsity_report(model: nn.Module, grouping: str, patterns: Sequence[str]) -> SparsityReport:
     """Full report of ``model``: zero groups under ``grouping`` and removable channels of every
-    channel set written by the modules matching ``patterns`` (traces the model once)."""
+    channel set written by the modules matching ``patterns``. Both read the model's cached graph
+    (:func:`sparsemtl.models.graph.model_graph`): traced at most once, and not at all when the
+    grouping or an earlier report already traced it."""
     structure = build_grouping(grouping, model, patterns)
     return sparsity_report(structure, grouping, removable_channels(model, channel_sets(model, patterns)))

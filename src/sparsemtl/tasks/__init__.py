@@ -1,9 +1,10 @@
-"""Task kinds (losses, metrics, head types) and loss-weighting strategies."""
+"""Task kinds (one module each under :mod:`sparsemtl.tasks.kinds`) and loss-weighting strategies."""
 
-from sparsemtl.tasks.base import Metric, TaskDefinition, match_resolution
-from sparsemtl.tasks.definitions import TASKS, get_task
-from sparsemtl.tasks.losses import attribute_loss, depth_loss, normals_loss, segmentation_loss
-from sparsemtl.tasks.metrics import AttributeMetric, DepthMetric, NormalsMetric, SegmentationMetric
+from sparsemtl.tasks.base import TASKS, Metric, TaskKind, get_task, match_resolution, register_kind
+from sparsemtl.tasks.kinds.attribute import AttributeMetric, attribute_loss
+from sparsemtl.tasks.kinds.depth import DepthMetric, depth_loss
+from sparsemtl.tasks.kinds.normals import NormalsMetric, normals_loss
+from sparsemtl.tasks.kinds.segmentation import SegmentationMetric, segmentation_loss
 from sparsemtl.tasks.spec import IGNORE_INDEX, TaskSpec
 from sparsemtl.tasks.weighting import (
     WEIGHTINGS,
@@ -32,7 +33,7 @@ __all__ = [
     "NormalsMetric",
     "PCGrad",
     "SegmentationMetric",
-    "TaskDefinition",
+    "TaskKind",
     "TaskSpec",
     "UncertaintyWeighting",
     "attribute_loss",
@@ -41,5 +42,6 @@ __all__ = [
     "get_task",
     "match_resolution",
     "normals_loss",
+    "register_kind",
     "segmentation_loss",
 ]

@@ -1,17 +1,20 @@
-"""Shared pieces of every task kind: the task definition, the metric accumulator interface and
-the pixel-selection helpers that losses and metrics both use (so they agree on validity)."""
+"""Shared pieces of every task kind: the :class:`TaskKind` base class and its registry, the
+metric accumulator interface and the pixel-selection helpers that losses and metrics both use
+(so they agree on validity)."""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparsemtl.registry import Registry
 from sparsemtl.tasks.spec import TaskSpec
 
 #: Lower bound on a vector's norm before dividing by it, so all-zero predictions stay finite.
@@ -99,6 +102,14 @@ def mean_or_zero(values: Tensor) -> Tensor:
     return values.sum() / max(values.numel(), 1)
 
 
+PERCENT = 100.0
+
+
+def count_of(values: Tensor) -> Tensor:
+    """Number of elements as a float64 scalar on ``values``' device."""
+    return torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)
+
+
 def ratio(numerator: float, denominator: float) -> float:
     """``numerator / denominator``, NaN when nothing was counted (an undefined metric)."""
     return numerator / denominator if denominator > 0 else math.nan
@@ -145,32 +156,103 @@ class Metric(ABC):
         return self
 
 
-@dataclass(frozen=True, eq=False)
-class TaskDefinition:
-    """Everything the library needs to know about one task kind (one registry entry).
+class TaskKind(ABC):
+    """Everything the library knows about one task kind, in one place (one registry entry).
 
-    ``head`` is ``"dense"`` for per-pixel heads and ``"global"`` for image-level classifiers;
-    ``metric_directions`` says for every metric key whether higher is better (used for the
-    multi-task Delta); ``primary_metric`` is the key used for model selection.
+    A kind owns its head type (``"dense"`` per-pixel or ``"global"`` image-level), output
+    channels, loss and the loss options it accepts, metric accumulator with the direction of
+    every metric, the primary metrics (model selection and the one-metric Delta), how a dense
+    target follows the geometric augmentation (mirror, zoom: resampling and value change),
+    how targets are batched, and how a target or prediction is shown as an image. No other
+    module switches on kind names: they ask the kind. Register a new kind with
+    :func:`register_kind` (see :mod:`sparsemtl.tasks.kinds`).
     """
 
-    kind: str
-    head: str
-    primary_metric: str
-    higher_is_better: bool
-    metric_directions: dict[str, bool]
-    channels: Callable[[TaskSpec], int]
-    loss_fn: Callable[..., Tensor]
-    metric_factory: Callable[[TaskSpec], Metric]
+    name: ClassVar[str]
+    head: ClassVar[str]
+    #: Higher-is-better flag for every key the metric accumulator returns.
+    metric_directions: ClassVar[dict[str, bool]]
+    #: Metrics in order of preference: the first one the model reports is the kind's primary.
+    primary_metrics: ClassVar[tuple[str, ...]]
+    #: ``LossConfig`` fields this kind's loss takes as keyword options (e.g. label smoothing).
+    loss_options: ClassVar[tuple[str, ...]] = ()
+    #: How a dense target is resampled by crop-and-resize augmentation: labels stay labels
+    #: with ``nearest``; smooth fields may use ``bilinear``.
+    interpolation: ClassVar[str] = "nearest"
 
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"task kind {self.kind!r}: head must be one of {HEADS}")
-        if self.metric_directions.get(self.primary_metric) is not self.higher_is_better:
-            raise ValueError(
-                f"task kind {self.kind!r}: primary metric {self.primary_metric!r} is missing "
-                "from metric_directions or disagrees with higher_is_better"
-            )
+    # ------------------------------------------------------------------ model and training
+    def channels(self, spec: TaskSpec) -> int:
+        """Output channels of the head for ``spec`` (after :meth:`check_spec`)."""
+        return 1
+
+    def check_spec(self, spec: TaskSpec) -> None:
+        """Raise ValueError if ``spec`` is not a valid target description for this kind."""
+        if spec.kind != self.name:
+            raise ValueError(f"task {spec.name!r} has kind {spec.kind!r}, not {self.name!r}")
+
+    def out_channels(self, spec: TaskSpec) -> int:
+        self.check_spec(spec)
+        return self.channels(spec)
+
+    def loss(self, pred: Tensor, target: Tensor, spec: TaskSpec, **options: float) -> Tensor:
+        """Scalar training loss; ``options`` must be among :attr:`loss_options`."""
+        expected = self.out_channels(spec)
+        if self.head == "dense" and (pred.dim() != 4 or pred.shape[1] != expected):
+            raise ValueError(f"task {spec.name!r} expects (B, {expected}, H, W) predictions, got {tuple(pred.shape)}")
+        unknown = sorted(set(options) - set(self.loss_options))
+        if unknown:
+            raise ValueError(f"task kind {self.name!r} takes no loss option(s) {unknown}")
+        return self.compute_loss(pred, target, spec, **options)
+
+    @abstractmethod
+    def compute_loss(self, pred: Tensor, target: Tensor, spec: TaskSpec, **options: float) -> Tensor:
+        """The kind's loss on checked inputs."""
+
+    def select_options(self, available: Mapping[str, float]) -> dict[str, float]:
+        """The loss options of this kind found in ``available`` (e.g. the loss config)."""
+        return {key: available[key] for key in self.loss_options if key in available}
+
+    @abstractmethod
+    def new_metric(self, spec: TaskSpec) -> Metric:
+        """A fresh accumulator (after :meth:`check_spec`)."""
+
+    def metric(self, spec: TaskSpec) -> Metric:
+        """A fresh, empty accumulator for this task."""
+        self.check_spec(spec)
+        return self.new_metric(spec)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.primary_metrics[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of :attr:`primary_metric`."""
+        return self.metric_directions[self.primary_metric]
+
+    # ------------------------------------------------------------------ data
+    def flip(self, target: Tensor) -> Tensor:
+        """A dense target of the left-right mirrored scene (default: mirror the map)."""
+        return target.flip(-1)
+
+    def zoom(self, target: Tensor, scale: float) -> Tensor:
+        """The values of a dense target after zooming in by ``scale`` (resampling is done by the
+        augmentation; default: values unchanged)."""
+        return target
+
+    def collate(self, targets: Sequence[Tensor]) -> Tensor:
+        """One batch from per-sample targets (default: stacked)."""
+        return torch.stack(list(targets))
+
+    # ------------------------------------------------------------------ looking at results
+    def decode(self, pred: Tensor, spec: TaskSpec) -> Tensor:
+        """A raw head output of one sample turned into target space (e.g. logits -> labels)."""
+        return pred
+
+    def visualise(self, values: Tensor, spec: TaskSpec) -> np.ndarray | None:
+        """An (H, W, 3) uint8 picture of one target or decoded prediction; None for kinds with
+        no spatial output."""
+        return None
 
     @property
     def summary(self) -> str:
@@ -178,25 +260,31 @@ class TaskDefinition:
         direction = "higher" if self.higher_is_better else "lower"
         return (
             f"{self.head} head; metrics {', '.join(self.metric_directions)}; "
-            f"selects on {self.primary_metric} ({direction} is better)"
+            f"primary {self.primary_metric} ({direction} is better)"
         )
 
-    def out_channels(self, spec: TaskSpec) -> int:
-        self._check_spec(spec)
-        return self.channels(spec)
 
-    def loss(self, pred: Tensor, target: Tensor, spec: TaskSpec, **options: float) -> Tensor:
-        """Scalar training loss; ``options`` go to the kind's loss (e.g. ``label_smoothing``)."""
-        expected = self.out_channels(spec)
-        if self.head == "dense" and (pred.dim() != 4 or pred.shape[1] != expected):
-            raise ValueError(f"task {spec.name!r} expects (B, {expected}, H, W) predictions, got {tuple(pred.shape)}")
-        return self.loss_fn(pred, target, **options)
+TASKS: Registry[TaskKind] = Registry("task kind")
 
-    def metric(self, spec: TaskSpec) -> Metric:
-        """A fresh, empty accumulator for this task."""
-        self._check_spec(spec)
-        return self.metric_factory(spec)
+INTERPOLATIONS = ("nearest", "bilinear")
 
-    def _check_spec(self, spec: TaskSpec) -> None:
-        if spec.kind != self.kind:
-            raise ValueError(f"task {spec.name!r} has kind {spec.kind!r}, not {self.kind!r}")
+
+def register_kind(cls: type[TaskKind]) -> type[TaskKind]:
+    """Class decorator: check the kind's declarations and register one instance under its name."""
+    kind = cls()
+    if kind.head not in HEADS:
+        raise ValueError(f"task kind {kind.name!r}: head must be one of {HEADS}")
+    if kind.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"task kind {kind.name!r}: interpolation must be one of {INTERPOLATIONS}")
+    missing = [m for m in kind.primary_metrics if m not in kind.metric_directions]
+    if not kind.primary_metrics or missing:
+        raise ValueError(f"task kind {kind.name!r}: primary metrics {missing or '()'} are not among its metrics")
+    TASKS.register(kind.name, kind)
+    return cls
+
+
+def get_task(kind: str) -> TaskKind:
+    """The task kind registered as ``kind``; unknown kinds raise a KeyError listing the known ones."""
+    import sparsemtl.tasks.kinds  # noqa: F401  - the built-in kinds register on import
+
+    return TASKS.get(kind)

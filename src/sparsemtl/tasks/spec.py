@@ -14,8 +14,8 @@ class TaskSpec:
     """What a dataset says about one of its targets.
 
     ``name`` is the key of the target in every sample dict (and of the prediction in the
-    model's output dict); ``kind`` selects the loss, metrics and head from the task registry
-    (``segmentation``, ``depth``, ``normals``, ``attribute``).
+    model's output dict); ``kind`` names the :class:`~sparsemtl.tasks.base.TaskKind` that owns
+    its loss, metrics, head and augmentation (``sparsemtl list tasks``), which checks the spec.
     """
 
     name: str
@@ -24,8 +24,9 @@ class TaskSpec:
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind == "segmentation" and self.num_classes < 2:
-            raise ValueError(f"segmentation task {self.name!r} needs num_classes >= 2")
+        from sparsemtl.tasks.base import get_task  # the kinds import this module
+
+        get_task(self.kind).check_spec(self)
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"task {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes")
 

@@ -2,27 +2,41 @@
 
 The pattern users know from Lightning and Keras, kept small: a :class:`Callback` overrides the
 hooks it needs, and the :class:`~sparsemtl.training.Trainer` calls every callback's hook in
-order (on the writing rank only). Built in: :class:`CsvLog` and :class:`TensorBoardLog`
-(``train.loggers``) and :class:`ProgressPrint` (``train.progress``); pass your own from Python
-with ``train(cfg, callbacks=[...])``. ``metrics.jsonl`` is not a callback: it is part of the run
-directory's commit protocol (see :mod:`sparsemtl.runs`).
+order. The training procedure's own callbacks come first (early stopping, task freezing, the
+epoch's sparsity and its commit to the run directory: see :mod:`.builtin_callbacks`), then the
+loggers here, :class:`CsvLog` and :class:`TensorBoardLog` (``train.loggers``), and
+:class:`ProgressPrint` (``train.progress``), then your own, passed from Python with
+``train(cfg, callbacks=[...])``.
 """
 
 from __future__ import annotations
 
 import csv
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..errors import ConfigError
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    from ..evaluation.evaluate import EvalResult
     from ..runs import RunSummary
     from .trainer import Trainer
 
 
 class Callback:
-    """Hooks called by the trainer; every default does nothing."""
+    """Hooks called by the trainer; every default does nothing.
+
+    A callback runs on the writing process (rank 0) only, unless ``all_ranks`` is set: one that
+    changes the model or the loop (freezing a head) must run on every process of a distributed
+    run. Setting ``trainer.should_stop = True`` ends training after the current epoch (on every
+    process, whichever asked). A callback with state names its own entry of ``last.pt`` in
+    ``state_key`` and implements :meth:`state_dict`/:meth:`load_state_dict`, so a resumed run
+    continues it; the epoch's ``last.pt`` holds the state as of ``on_validation_end`` (it is
+    written before the later callbacks' ``on_epoch_end``).
+    """
+
+    all_ranks: ClassVar[bool] = False
+    state_key: ClassVar[str | None] = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first epoch of this session (``trainer.epoch`` > 0 after a resume)."""
@@ -30,11 +44,24 @@ class Callback:
     def on_step_end(self, trainer: Trainer, step: int, loss: float, task_losses: dict[str, float]) -> None:
         """After each optimiser step; ``trainer.global_step`` counts steps over the whole run."""
 
+    def on_validation_end(self, trainer: Trainer, val: EvalResult) -> None:
+        """After the validation of epoch ``trainer.epoch`` (``trainer.best_epoch`` already
+        updated), before its record is written: where early stopping and freezing react."""
+
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """After an epoch is validated and committed; ``record`` is its ``metrics.jsonl`` line."""
+        """With the epoch's ``metrics.jsonl`` record. The built-in callbacks run first and commit
+        the epoch (metrics line, ``last.pt``, ``best.pt``), so the loggers and yours see it
+        committed."""
 
     def on_fit_end(self, trainer: Trainer, summary: RunSummary) -> None:
         """After ``summary.json`` is written."""
+
+    def state_dict(self) -> Any:
+        """What ``last.pt`` keeps under ``state_key``."""
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        """Continue from :meth:`state_dict`'s value in a resumed ``last.pt``."""
 
 
 LOGGERS: Registry[Callable[[], Callback]] = Registry("logger")

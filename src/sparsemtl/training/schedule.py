@@ -85,6 +85,12 @@ class PenaltyScheduler:
         return max((group["lam"] for group in self.optimizer.param_groups), default=0.0)
 
 
+def is_improvement(value: float, best: float, higher_is_better: bool) -> bool:
+    """The one rule for model selection and early stopping alike: ``value`` beats ``best`` (NaN
+    when there is none yet); NaN and infinite values never do."""
+    return math.isfinite(value) and (math.isnan(best) or (value > best if higher_is_better else value < best))
+
+
 @dataclass(frozen=True)
 class Monitor:
     """The validation quantity that selects the best epoch: ``loss`` (sum of unweighted task
@@ -117,6 +123,10 @@ class Monitor:
             return result.total_loss
         return float(result.metrics[self.task][self.metric])
 
+    def improves(self, value: float, best: float) -> bool:
+        """Whether ``value`` is a better validation result than ``best`` (NaN: none yet)."""
+        return is_improvement(value, best, self.higher_is_better)
+
     def for_minimisation(self, value: float) -> float:
         return -value if self.higher_is_better else value
 
@@ -132,9 +142,7 @@ class EarlyStopping:
         self.bad_epochs = 0
 
     def update(self, value: float) -> bool:
-        better = math.isfinite(value) and (
-            math.isnan(self.best) or (value > self.best if self.higher_is_better else value < self.best)
-        )
+        better = is_improvement(value, self.best, self.higher_is_better)
         if better:
             self.best = value
             self.bad_epochs = 0

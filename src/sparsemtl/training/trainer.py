@@ -1,11 +1,14 @@
 """The training loop: one object that turns a :class:`Config` into a finished run directory.
 
-The run directory (:class:`sparsemtl.runs.RunDir`) is owned by :mod:`sparsemtl.runs`; the trainer
-writes through it. After every epoch the metrics line is appended, then ``last.pt`` (the full
-training state: model, optimiser with the prox warm start, LR scheduler, loss weighting, early
-stopping and per-task stoppers, frozen heads, GradScaler, every RNG, the best validation result)
-is written atomically: that is the commit point :func:`resume` continues from. ``best.pt`` is
-written after it, and re-derived from ``last.pt`` on resume if a crash came in between.
+The loop is the algorithm: train an epoch, validate, keep the best epoch, step the LR; what
+reacts to it is a callback (:mod:`.builtin_callbacks`, added from the config): early stopping,
+per-task freezing, and the commit. The run directory (:class:`sparsemtl.runs.RunDir`) is owned
+by :mod:`sparsemtl.runs`; the trainer writes through it. After every epoch the metrics line is
+appended, then ``last.pt`` (the full training state: model, optimiser with the prox warm start,
+LR scheduler, loss weighting, the callbacks' state such as early stopping and per-task
+stoppers, frozen heads, GradScaler, every RNG, the best validation result) is written
+atomically: that is the commit point :func:`resume` continues from. ``best.pt`` is written
+after it, and re-derived from ``last.pt`` on resume if a crash came in between.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..config import Config, ConfigError, apply_overrides, config_from_dict
 from ..data import build_dataset, select_tasks
 from ..data.augment import AugmentedDataset, default_train_transform
 from ..data.check import DataCheckReport, check_data
+from ..data.collate import TaskCollate
 from ..errors import DataError, NonFiniteLossError, RunError, TrainingError, one_line
 from ..evaluation.baselines import load_baselines, multitask_deltas
 from ..evaluation.evaluate import EvalResult, evaluate, task_loss_options
@@ -39,9 +43,10 @@ from ..runs.run_dir import BEST, DATA_CHECK, LAST, SPLITS
 from ..runtime import autocast, init_process_context, seed_everything
 from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regularized_param_groups, sparsity_report
 from ..tasks import WEIGHTINGS, build_weighting, get_task
+from .builtin_callbacks import Checkpointing, EarlyStop, SparsityLog, TaskFreezing
 from .callbacks import Callback, build_callbacks
 from .rng import rng_state, set_rng_state
-from .schedule import EarlyStopping, Monitor, PenaltyScheduler, build_scheduler
+from .schedule import Monitor, PenaltyScheduler, build_scheduler
 
 
 class RunInterrupted(TrainingError):
@@ -76,9 +81,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.context, self.device = init_process_context(cfg.train.device)
-        self.callbacks = (
-            build_callbacks(cfg.train.loggers, cfg.train.progress, callbacks) if self.context.is_main else []
-        )
+        configured = build_callbacks(cfg.train.loggers, cfg.train.progress, callbacks)  # before reading any data
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.data_check = self._check_data()
         datasets = {split: build_dataset(cfg.data, split, cfg.tasks) for split in ("train", "val", "test")}
@@ -106,12 +109,16 @@ class Trainer:
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.train.epochs)
         self.penalty_scheduler = PenaltyScheduler(self.optimizer, cfg.sparsity.warmup_epochs, cfg.sparsity.ramp_epochs)
         self.monitor = Monitor.parse(cfg.train.monitor, self.specs)
-        self.stopper = EarlyStopping(cfg.train.patience, self.monitor.higher_is_better)
-        # The seed's per-task early stopping: a task whose validation loss stalls for
-        # `task_patience` epochs leaves the total loss and its head is frozen.
-        patience = cfg.train.task_patience
-        self.task_stoppers = {t: EarlyStopping(patience, False) for t in self.specs} if patience > 0 else {}
-        self.frozen: list[str] = []
+        procedure = [
+            EarlyStop(cfg.train.patience, self.monitor.higher_is_better),
+            TaskFreezing(self.specs, cfg.train.task_patience),
+            SparsityLog(),
+            Checkpointing(),
+        ]
+        _check_state_keys(procedure + configured)
+        self.callbacks = [c for c in procedure + configured if c.all_ranks or self.context.is_main]
+        self.should_stop = False  # set by a callback: end training after this epoch
+        self.frozen: list[str] = []  # tasks out of the loss, their heads frozen
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.net = self._wrap()
         if not resume and self.context.is_main:
@@ -123,6 +130,7 @@ class Trainer:
         self.committed = 0  # last epoch whose last.pt is on disk
         self.best_epoch = 0
         self.best_val: EvalResult | None = None
+        self.best_value = math.nan  # the monitored value of the best epoch
         self.seconds = 0.0  # training time of earlier sessions of this run
         self.resumed = 0
         if resume:
@@ -133,40 +141,26 @@ class Trainer:
     # ----------------------------------------------------------------------------- building
     def _build_loaders(self, datasets: dict[str, Dataset]) -> Loaders:
         cfg, ctx = self.cfg.data, self.context
-        generator = torch.Generator().manual_seed(self.cfg.train.seed)
+        common: dict[str, Any] = {
+            "num_workers": cfg.num_workers,
+            "pin_memory": self.device.type == "cuda",
+            "collate_fn": TaskCollate(self.specs),  # each task's targets batched by their kind
+        }
         if ctx.distributed:
             sampler = DistributedSampler(
                 datasets["train"], ctx.world_size, ctx.rank, shuffle=True, seed=self.cfg.train.seed, drop_last=True
             )
-            train = DataLoader(
-                datasets["train"],
-                cfg.batch_size,
-                sampler=sampler,
-                num_workers=cfg.num_workers,
-                drop_last=True,
-                pin_memory=self.device.type == "cuda",
-            )
+            train = DataLoader(datasets["train"], cfg.batch_size, sampler=sampler, drop_last=True, **common)
         else:
+            generator = torch.Generator().manual_seed(self.cfg.train.seed)
             train = DataLoader(
-                datasets["train"],
-                cfg.batch_size,
-                shuffle=True,
-                generator=generator,
-                num_workers=cfg.num_workers,
-                drop_last=True,
-                pin_memory=self.device.type == "cuda",
+                datasets["train"], cfg.batch_size, shuffle=True, generator=generator, drop_last=True, **common
             )
 
         def eval_loader(ds: Dataset) -> DataLoader:
             # Shard without padding so distributed metrics count every sample exactly once.
             shard = Subset(ds, range(ctx.rank, len(ds), ctx.world_size)) if ctx.distributed else ds
-            return DataLoader(
-                shard,
-                cfg.eval_batch_size,
-                shuffle=False,
-                num_workers=cfg.num_workers,
-                pin_memory=self.device.type == "cuda",
-            )
+            return DataLoader(shard, cfg.eval_batch_size, shuffle=False, **common)
 
         return Loaders(train, eval_loader(datasets["val"]), eval_loader(datasets["test"]))
 
@@ -200,9 +194,7 @@ class Trainer:
 
     def _build_optimizer(self) -> ProxAdamW:
         cfg, sp = self.cfg.optim, self.cfg.sparsity
-        lam = sp.lam if sp.penalty != "none" else 0.0
-        penalty = "group_lasso" if sp.penalty == "none" else sp.penalty
-        groups = regularized_param_groups(self.model, self.structure, lam, sp.reweight, penalty, sp.mcp_gamma)
+        groups = regularized_param_groups(self.model, self.structure, sp.lam, sp.reweight, sp.penalty, sp.mcp_gamma)
         weighting_params = [p for p in self.weighting.parameters() if p.requires_grad]
         if weighting_params:
             groups.append({"params": weighting_params, "weight_decay": 0.0, "name": "loss_weighting"})
@@ -249,8 +241,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
-            "stopper": self.stopper.state_dict(),
-            "task_stoppers": {t: s.state_dict() for t, s in self.task_stoppers.items()},
+            **{c.state_key: c.state_dict() for c in self.callbacks if c.state_key is not None},
             "frozen": list(self.frozen),
             "best_epoch": self.best_epoch,
             "best_val": self.best_val.to_dict() if self.best_val is not None else None,
@@ -267,14 +258,14 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.stopper.load_state_dict(state["stopper"])
-        for task, stopper_state in state["task_stoppers"].items():
-            self.task_stoppers[task].load_state_dict(stopper_state)
-        for task in state["frozen"]:
-            self._freeze(task)
+        for callback in self.callbacks:
+            if callback.state_key is not None:
+                callback.load_state_dict(state[callback.state_key])
+        self.freeze(list(state["frozen"]))
         self.epoch = int(state["epoch"])
         self.best_epoch = int(state["best_epoch"])
         self.best_val = EvalResult.from_dict(state["best_val"]) if state["best_val"] is not None else None
+        self.best_value = float(state["monitor"]["value"])
         self.seconds = float(state["seconds"])
         self.global_step = int(state.get("global_step", self.epoch * len(self.loaders.train)))
         self.resumed = int(state["resumed"])
@@ -328,39 +319,40 @@ class Trainer:
         return self.run_path
 
     def _epochs(self) -> None:
+        """Train an epoch, validate, keep the best epoch, step the LR; the callbacks react
+        (early stopping and task freezing on validation) and commit the epoch (at its end)."""
         while not self._done():
             epoch = self.epoch + 1
             lam = self.penalty_scheduler.step(epoch)
             t0 = time.perf_counter()
             train_stats = self._train_epoch(epoch)
             val = self.evaluate("val")
+            self.epoch = epoch
             value = self.monitor.value(val)
-            improved = self.stopper.update(value)
-            if improved:
-                self.best_epoch, self.best_val = epoch, val  # no need to evaluate the best epoch again
-            self._stop_stalled_tasks(val)
+            improved = self.monitor.improves(value, self.best_value)
+            if improved:  # the best epoch's validation is kept: no need to evaluate it again
+                self.best_epoch, self.best_val, self.best_value = epoch, val, value
+            self._call("on_validation_end", val)
             self._step_scheduler(value)
             seconds = time.perf_counter() - t0
-            self.epoch, self.seconds = epoch, self.seconds + seconds
-            if self.context.is_main:
-                record = self._log_epoch(epoch, lam, train_stats, val, value, improved, seconds)
-                self.run.save_checkpoint(LAST, self.state_dict())
-                self.committed = epoch
-                if improved:
-                    self._save_best()
-                self._call("on_epoch_end", record)
-            self.context.barrier()
+            self.seconds += seconds
+            self._call("on_epoch_end", self._record(lam, train_stats, val, value, improved, seconds))
+            self.should_stop = self._stop_agreed()
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
+    def _stop_agreed(self) -> bool:
+        """Whether a callback on any process asked to stop, so that all leave the loop together
+        (the all-reduce is also the end-of-epoch barrier while rank 0 writes)."""
+        flag = self.context.all_reduce_(torch.tensor([float(self.should_stop)]))
+        return bool(flag.item() > 0)
+
     def _done(self) -> bool:
-        return (
-            self.epoch >= self.cfg.train.epochs
-            or self.stopper.should_stop
-            or (bool(self.specs) and len(self.frozen) == len(self.specs))
-        )
+        """The epoch budget is spent, a callback asked to stop, or every task's head is frozen."""
+        every_head_frozen = bool(self.specs) and len(self.frozen) == len(self.specs)
+        return self.epoch >= self.cfg.train.epochs or self.should_stop or every_head_frozen
 
     def _interrupted_message(self) -> str:
         where = str(self.run_path)
@@ -412,23 +404,18 @@ class Trainer:
             "task_weights": weights,
         }
 
-    def _stop_stalled_tasks(self, val: EvalResult) -> None:
-        """Freeze the head of every task whose validation loss stopped improving."""
-        newly_frozen = False
-        for task, task_stopper in self.task_stoppers.items():
-            if task in self.frozen:
-                continue
-            task_stopper.update(val.losses[task])
-            if task_stopper.should_stop:
-                self._freeze(task)
-                newly_frozen = True
-        if newly_frozen and self.context.distributed:  # DDP must not wait for gradients of frozen heads
+    def freeze(self, tasks: list[str]) -> None:
+        """Take ``tasks`` out of training: their losses leave the total and their heads (weights
+        and BatchNorm statistics) stop changing. A distributed model is re-wrapped, once for all
+        of them, so that DDP stops waiting for their gradients."""
+        if not tasks:
+            return
+        for task in tasks:
+            for p in self.model.heads[task].parameters():
+                p.requires_grad_(False)
+            self.frozen.append(task)
+        if self.context.distributed:
             self.net = self._wrap()
-
-    def _freeze(self, task: str) -> None:
-        for p in self.model.heads[task].parameters():
-            p.requires_grad_(False)
-        self.frozen.append(task)
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float], dict[str, float]]:
         images = batch["image"].to(self.device, non_blocking=True)
@@ -479,7 +466,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
-            "monitor": {"name": self.monitor.name, "value": self.stopper.best},
+            "monitor": {"name": self.monitor.name, "value": self.best_value},
             "config": self.cfg.to_dict(),
             "task_specs": {n: s.to_dict() for n, s in self.specs.items()},
             "model": self.model.state_dict(),
@@ -490,19 +477,13 @@ class Trainer:
         """Called right after the best epoch's last.pt: the current model is the best one."""
         self.run.save_checkpoint(BEST, self._model_payload())
 
-    def _log_epoch(
-        self,
-        epoch: int,
-        lam: float,
-        train: dict[str, Any],
-        val: EvalResult,
-        value: float,
-        improved: bool,
-        seconds: float,
+    def _record(
+        self, lam: float, train: dict[str, Any], val: EvalResult, value: float, improved: bool, seconds: float
     ) -> dict[str, Any]:
-        """Append the epoch's line to ``metrics.jsonl`` (before its checkpoint) and return it."""
-        record = {
-            "epoch": epoch,
+        """The epoch's ``metrics.jsonl`` line as the loop knows it (the callbacks add to it and
+        write it)."""
+        return {
+            "epoch": self.epoch,
             "step": self.global_step,
             "lr": self.optimizer.param_groups[0]["lr"],
             "lam": lam,
@@ -510,11 +491,8 @@ class Trainer:
             "val": val.to_dict(),
             "monitor": {"name": self.monitor.name, "value": value, "improved": improved},
             "frozen_tasks": list(self.frozen),
-            "sparsity": sparsity_report(self.structure, self.cfg.sparsity.grouping).summary(),
             "seconds": seconds,
         }
-        self.run.append_metrics(record)
-        return record
 
     def layer_sparsity_image(self, height: int = 64, bar: int = 4) -> torch.Tensor:
         """Per-layer zero-group share as a bar chart image (height x layers*bar, values 0..1):
@@ -539,10 +517,11 @@ class Trainer:
         summary = RunSummary(
             run_dir=str(self.run_path),
             tasks=list(self.specs),
+            task_kinds={name: spec.kind for name, spec in self.specs.items()},
             frozen_tasks=list(self.frozen),
             best_epoch=int(best["epoch"]),
             epochs_run=self.epoch,
-            stopped_early=self.stopper.should_stop,
+            stopped_early=self.should_stop,
             monitor=best["monitor"],
             val=self.best_val.to_dict(),
             test=test.to_dict(),
@@ -568,7 +547,7 @@ class Trainer:
         A dense run needs no channel analysis; a model the analysis cannot handle is reported as
         such instead of failing a finished run."""
         sp = self.cfg.sparsity
-        if sp.penalty == "none" or sp.lam == 0:
+        if not sp.enabled:
             return {**sparsity_report(self.structure, sp.grouping).to_dict(), "channel_analysis": "not run (dense)"}
         try:
             report = model_sparsity_report(self.model, sp.grouping, sp.modules)
@@ -585,10 +564,31 @@ class Trainer:
         return {"checked": True, "ok": report.ok, "bad_samples_skipped": skipped, "seconds": round(report.seconds, 3)}
 
 
+#: What ``last.pt`` holds besides the callbacks' states (``Trainer.state_dict``).
+TRAINER_STATE_KEYS = frozenset(
+    {"format", "epoch", "monitor", "config", "task_specs", "model", "loss_weighting", "optimizer", "scheduler"}
+    | {"scaler", "frozen", "best_epoch", "best_val", "seconds", "global_step", "resumed", "rng"}
+)
+
+
+def _check_state_keys(callbacks: list[Callback]) -> None:
+    """Two states under one ``last.pt`` key would overwrite each other: refuse it up front."""
+    seen: set[str] = set()
+    for callback in callbacks:
+        key = callback.state_key
+        if key is not None and (key in seen or key in TRAINER_STATE_KEYS):
+            raise TrainingError(
+                f"callback {type(callback).__name__} keeps its state under {key!r}, which another callback "
+                "or the trainer already uses in last.pt; give it its own state_key"
+            )
+        if key is not None:
+            seen.add(key)
+
+
 def default_run_name(cfg: Config) -> str:
     """An informative name: dataset, tasks, dense/sparse and the start time (a suffix is added
     by :meth:`RunDir.create` when another run took the name first)."""
-    kind = "sparse" if cfg.sparsity.penalty != "none" and cfg.sparsity.lam > 0 else "dense"
+    kind = "sparse" if cfg.sparsity.enabled else "dense"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{cfg.data.name}-{'+'.join(cfg.tasks)}-{kind}-{stamp}"
 
