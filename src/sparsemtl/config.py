@@ -379,6 +379,19 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else one_line(problem)
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path``; a missing, unreadable or malformed file is one ConfigError
+    that names it as ``what`` (``config file``, ``study file``) with the parser's line and column."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {one_line(exc)}") from None
+
+
 def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` over ``base``, section by section (a nested mapping is merged, anything else replaced)."""
     out = dict(base)
@@ -392,16 +405,9 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     """The mapping of a YAML config file; a top-level ``base: other.yaml`` (relative to the file)
     is read first and this file's settings are merged over it, so experiment files stay small."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in _seen:
         raise ConfigError(f"config file {str(path)!r} inherits from itself through 'base'")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {one_line(exc)}") from None
+    loaded = read_yaml(path, "config file")
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must contain a mapping of settings")
     values = loaded or {}

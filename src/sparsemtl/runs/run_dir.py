@@ -186,16 +186,7 @@ class RunDir:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Complete records only: a torn last line from a crash is ignored."""
-        path = self.path / METRICS
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return records
+        return read_metrics_file(self.path / METRICS)
 
     def keep_metrics_until(self, epoch: int) -> None:
         """Drop records of epochs after ``epoch`` (written after the last complete checkpoint)."""
@@ -226,6 +217,20 @@ class RunDir:
 
     def remove(self, name: str) -> None:
         (self.path / name).unlink(missing_ok=True)
+
+
+def read_metrics_file(path: Path) -> list[dict[str, Any]]:
+    """The epoch records of a ``metrics.jsonl`` (also of a run still being written): complete
+    lines up to the first torn one."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
 
 
 def config_changes(stored: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import DeltaError, RunError
 from ..evaluation.delta import DELTAS, DeltaResult
+from ..runs.run_dir import read_metrics_file
 
 LAM_KEY = "sparsity.lam"
 SEED_KEY = "train.seed"
@@ -300,16 +301,7 @@ def _fill_stats(group: Group) -> None:
 
 def read_curves(cell: Cell) -> list[dict[str, Any]]:
     """The epoch records of ``metrics.jsonl``; a torn last line of a running cell is skipped."""
-    path = cell.path / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    return read_metrics_file(cell.path / "metrics.jsonl")
 
 
 def _mean_metrics(cells: Sequence[Cell], task: str) -> dict[str, float]:

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
-
 from ..config import (
     Config,
     apply_overrides,
@@ -27,8 +25,9 @@ from ..config import (
     merge_config,
     plain,
     read_config_file,
+    read_yaml,
 )
-from ..errors import ConfigError, one_line
+from ..errors import ConfigError
 
 #: grid-key shorthands -> dotted run-config keys
 SHORTHANDS = {"lam": "sparsity.lam", "seed": "train.seed"}
@@ -281,14 +280,7 @@ def study_from_dict(raw: Any, folder: Path, source: str, overrides: list[str] | 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
     """Read and validate a study YAML file (see :func:`study_from_dict`)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study file {str(path)!r} is not valid YAML: {one_line(exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"study file {str(path)!r} cannot be read: {one_line(exc)}") from None
+    raw = read_yaml(path, "study file")
     return study_from_dict(raw, path.parent, str(path), overrides)
 
 
