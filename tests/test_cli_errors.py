@@ -287,3 +287,35 @@ def test_prepare_faults_are_one_line(tmp_path, capsys):
         capsys, ["prepare", "nyuv2", str(mat), "--meta", str(meta), "--out", out, "--size", "0", "4"], "--size"
     )
     one_line_error(capsys, ["prepare", "celebamask-hq", str(tmp_path / "raw"), "--out", out], "raw")
+
+
+# ------------------------------------------------------------------------------------------ predict
+def test_predict_faults_are_one_line(finished_run, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    run = str(finished_run)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30), (90, 120, 200)).save(good)
+    missing = str(tmp_path / "nope.png")
+    one_line_error(capsys, ["predict", run, missing, "--out", str(out)], "nope.png", "does not exist")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    one_line_error(capsys, ["predict", run, str(text), "--out", str(out)], "notes.png", "not a readable image")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    one_line_error(capsys, ["predict", run, str(truncated), "--out", str(out)], "cut.png", "corrupt or truncated")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no pictures here")
+    one_line_error(capsys, ["predict", run, str(empty), "--out", str(out)], "empty", "holds no images", ".png")
+    one_line_error(
+        capsys, ["predict", str(tmp_path / "no-run"), str(good), "--out", str(out)], "no-run", "does not exist"
+    )
+    one_line_error(capsys, ["predict", run, "--out", str(out)], "nothing to predict", "--samples")
+    one_line_error(capsys, ["predict", run, "--samples", "99", "--out", str(out)], "--samples", "has 8 samples", "99")
+    one_line_error(capsys, ["predict", run, str(good), "--out", str(out), "--batch-size", "0"], "--batch-size", ">= 1")
+    one_line_error(capsys, ["predict", run, str(good), "--out", str(good)], "--out", "good.png", "folder")
+    if torch.cuda.device_count() <= 7:
+        one_line_error(capsys, ["predict", run, str(good), "--out", str(out), "--device", "cuda:7"], "--device")
+    assert not out.exists(), "refused input must leave no output behind"

@@ -104,13 +104,26 @@ def _sparsity(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
+    import torch
+
     from .pruning import prune_run
 
     size = tuple(args.size) if args.size else None
-    result = prune_run(args.source, args.out, input_size=size, onnx=args.onnx)
+    dtype = {"float32": None, "float64": torch.float64}[args.verify_dtype]
+    result = prune_run(args.source, args.out, input_size=size, onnx=args.onnx, verify_dtype=dtype)
     print(result.format_table())
     extra = f", {Path(args.out).with_suffix('.onnx')}" if args.onnx else ""
     print(f"wrote {args.out}, {Path(args.out).with_suffix('.json')}{extra}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .evaluation.predict import predict
+
+    size = tuple(args.size) if args.size else None
+    result = predict(
+        args.model, args.inputs, args.out, args.device, args.batch_size, args.samples, size, not args.no_progress
+    )
+    print(f"predicted {result.images} image(s) with {result.model}: {len(result.files)} files in {result.out_dir}")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -303,7 +316,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model file (.pt); a .json report is written next to it")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the run's image size)")
     p.add_argument("--onnx", action="store_true", help="also export ONNX (checked with onnxruntime when installed)")
+    p.add_argument(
+        "--verify-dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="dtype both models run in for the output check (float64: rounding cannot hide a small error)",
+    )
     p.set_defaults(func=_prune)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict every task on images (any size) or on the run's own test samples; write pictures and tables",
+        description="Writes per image a picture of every dense task (segmentation with a class legend), depth "
+        "also as a 16-bit PNG in millimetres, a side-by-side panel, and one CSV/JSON of the image-level outputs.",
+    )
+    p.add_argument("model", help="a run directory (its best.pt), a checkpoint, or a pruned model file")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files, or folders of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--samples", type=int, default=0, help="also the first N samples of the run's test split, with ground truth"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (default cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default: the run's data.image_size)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("bench", help="parameters, MACs and measured latency of models (BN folded)")
     p.add_argument("models", nargs="+", help="run directories, run checkpoints or pruned model files")

@@ -7,10 +7,12 @@ import copy
 import pytest
 import torch
 
+from sparsemtl.cli import main
 from sparsemtl.config import ModelConfig
 from sparsemtl.models import build_model
 from sparsemtl.models.complexity import count_macs, count_parameters
 from sparsemtl.pruning import PruningVerificationError, layer_widths, prune_model, verify_pruned
+from sparsemtl.pruning.prune import NOISE_ULPS, output_errors
 from sparsemtl.sparsity import build_grouping, channel_sets, removable_channels
 from sparsemtl.tasks.spec import TaskSpec
 
@@ -172,7 +174,7 @@ def test_verify_pruned_names_the_corrupted_output():
     pruned = prune_model(model, x).model
     with torch.no_grad():
         pruned.heads.depth[-1].bias.add_(0.5)
-    with pytest.raises(PruningVerificationError, match="'depth' differs by"):
+    with pytest.raises(PruningVerificationError, match="'depth' differs in its values"):
         verify_pruned(model, pruned, [torch.rand(2, 3, 32, 32)])
     assert issubclass(PruningVerificationError, ValueError)
 
@@ -181,3 +183,69 @@ def test_check_inputs_are_verified_too():
     model, x = tiny_model(), example()
     result = prune_model(model, x, check_inputs=[torch.rand(2, 3, 40, 40)])
     assert set(result.max_relative_error) == set(SPECS)
+
+
+class Offset(torch.nn.Module):
+    """``{"out": offset + scale * f(x)}``: a nearly constant output when offset >> scale."""
+
+    def __init__(self, offset: float, scale: float, flip: bool = False) -> None:
+        super().__init__()
+        self.offset, self.scale, self.flip = offset, scale, flip
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = x[:, :1]
+        return {"out": self.offset + self.scale * ((1 - f) if self.flip else f)}
+
+
+def test_a_wrong_input_dependent_part_under_a_large_constant_is_caught():
+    """The pruned model answers 1 - f instead of f, but 1e-5 of the constant hides it from any
+    per-value check; the difference check on f(x1) - f(x2) sees it."""
+    x = [torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))]
+    original, wrong = Offset(10.0, 5e-5), Offset(10.0, 5e-5, flip=True)
+    errors = output_errors(original, wrong, x)["out"]
+    assert errors.relative < 1e-5 and errors.values <= 1.0 < errors.differences
+    with pytest.raises(PruningVerificationError, match="'out' differs in its input-dependent part"):
+        verify_pruned(original, wrong, x)
+    assert verify_pruned(original, Offset(10.0, 5e-5), x) == {"out": 0.0}
+
+
+def test_float64_verification_sees_what_float32_rounding_hides():
+    """At offset 1000 the float32 rounding floor (NOISE_ULPS ulps of 1000) exceeds the wrong
+    part; in float64 it is 10^9 times finer."""
+    x = [torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))]
+    original, wrong = Offset(1000.0, 5e-4), Offset(1000.0, 5e-4, flip=True)
+    assert 2 * 5e-4 < NOISE_ULPS * torch.finfo(torch.float32).eps * 1000
+    assert verify_pruned(original, wrong, x)["out"] < 1e-5  # fooled in float32
+    with pytest.raises(PruningVerificationError, match="input-dependent part"):
+        verify_pruned(original, wrong, x, dtype=torch.float64)
+    assert x[0].dtype == torch.float32  # the caller's inputs are not converted in place
+
+
+def test_float64_verification_of_a_real_pruning_runs_on_copies():
+    model, x = tiny_model(), example()
+    zero_coupled(model, x, 0.3)
+    result = prune_model(model, x, verify_dtype=torch.float64)
+    assert result.verify_dtype == "float64" and max(result.max_relative_error.values()) < 1e-12
+    assert next(model.parameters()).dtype == next(result.model.parameters()).dtype == torch.float32
+    assert prune_model(model, x).verify_dtype == "float32"
+
+
+def test_cli_passes_the_verify_dtype_and_rejects_others(monkeypatch, tmp_path, capsys):
+    import sparsemtl.pruning
+
+    seen = {}
+
+    class Result:
+        def format_table(self) -> str:
+            return "table"
+
+    def fake_prune_run(source, out, input_size=None, onnx=False, verify_dtype=None):
+        seen["dtype"] = verify_dtype
+        return Result()
+
+    monkeypatch.setattr(sparsemtl.pruning, "prune_run", fake_prune_run)
+    out = str(tmp_path / "p.pt")
+    assert main(["prune", "run", "--out", out, "--verify-dtype", "float64"]) == 0 and seen["dtype"] is torch.float64
+    assert main(["prune", "run", "--out", out]) == 0 and seen["dtype"] is None
+    assert main(["prune", "run", "--out", out, "--verify-dtype", "float16"]) == 2
+    assert "--verify-dtype" in capsys.readouterr().err

@@ -99,9 +99,8 @@ def assert_valid(s: GroupStructure) -> None:
 
 def zero(model: nn.Module, slices: list[ChannelSlice], chosen: torch.Tensor) -> None:
     """Zero the slices of the chosen channels in ``model`` (parameters looked up by name)."""
-    with torch.no_grad():
-        for s in slices:
-            model.get_parameter(s.name).index_fill_(s.dim, s.index[chosen[s.channel]], 0.0)
+    for s in slices:
+        s.zero_(model.get_parameter(s.name), s.index[chosen[s.channel]])
 
 
 def pick(sets: list[ChannelSet], gen: torch.Generator) -> list[torch.Tensor]:
@@ -300,19 +299,20 @@ class SplitNet(nn.Module):
         return self.d(torch.cat([torch.relu(a2 + self.c(x)), torch.relu(a1 + self.b(x))], 1))
 
 
-def test_split_writer_gets_its_other_half_in_a_second_set():
+def test_a_split_blocks_its_sets_instead_of_failing():
+    """``split(4)`` keeps its size after a cut, so channels reaching it are never removable;
+    the set says why, and its root's own writers still form valid groups."""
     torch.manual_seed(0)
     net = SplitNet()
-    sets = channel_sets(net, ["b"], image(8))
-    assert [(s.name, s.channels) for s in sets] == [("b", 4), ("a", 4)]
-    b, a = sets
-    (a_in_b,) = [w for w in b.writers if w.name == "a.weight"]
-    assert a_in_b.index.tolist() == [0, 1, 2, 3]
-    assert [r.index.tolist() for r in b.readers] == [[4, 5, 6, 7]]
-    assert weights(a.writers) == {"a.weight", "c.weight"}
-    assert [r.index.tolist() for r in a.readers] == [[0, 1, 2, 3]]
+    sets = channel_sets(net, ["b", "c"], image(8))
+    assert [(s.name, s.channels) for s in sets] == [("b", 4), ("c", 4)]
+    for s in sets:
+        assert s.blocked and "split" in s.blocked[0]
+        assert weights(s.writers) == {f"{s.name}.weight"} and not s.readers
+    zero(net, sets[0].writers, torch.ones(4, dtype=torch.bool))
+    found = removable_channels(net, sets)
+    assert [r.removable for r in found] == [0, 0]
     assert_valid(coupled_structure(sets))
-    assert_zero_groups_removable(net, sets, image(8))
 
 
 def test_depthwise_conv_passes_channels_through_and_modes_are_restored():
@@ -335,10 +335,102 @@ def test_depthwise_conv_passes_channels_through_and_modes_are_restored():
     assert_zero_groups_removable(net, sets, image(8))
 
 
-def test_grouped_conv_reader_and_bad_patterns_are_errors():
+def test_bad_patterns_are_errors():
     net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2))
-    with pytest.raises(ValueError, match="groups=2"):
-        channel_sets(net, ["0"], image(8))
     with pytest.raises(ValueError, match="matches no conv layer"):
         coupled(net, ["encoder.*"])
     assert input_channels(net, ["0"]).num_groups == 3
+
+
+class GroupedNet(nn.Module):
+    """conv (3 -> 8), BN, ReLU, grouped conv (8 -> 8, 2 groups of 4), BN, ReLU, conv (8 -> 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=2),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 2, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.body(x)}
+
+
+def test_grouped_conv_channels_go_in_equal_numbers_per_group():
+    """Zero inputs 0, 1 (group 0) and 5 (group 1) of the grouped conv: one per group can go (0 and
+    5, different positions); 1 is zero but kept, with the grouped conv named as the reason. The
+    reader slice of input channel j is column j % 4 of its own group's filters only."""
+    torch.manual_seed(0)
+    net = GroupedNet().eval()
+    inner, outer = channel_sets(net, ["body.0", "body.3"], image(8))
+    (grouped,) = [r for r in inner.readers if r.name == "body.3.weight"]
+    assert grouped.groups == 2 and [c.name for c in inner.conv_groups] == ["body.3"]
+    assert inner.conv_groups[0].group.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    chosen = torch.zeros(8, dtype=torch.bool)
+    chosen[[0, 1, 5]] = True
+    zero(net, inner.writers, chosen)
+    (found,) = removable_channels(net, [inner])
+    assert found.zero.tolist() == chosen.tolist()
+    assert found.mask.nonzero().flatten().tolist() == [0, 5]
+    assert found.kept_zero == 1 and "grouped conv 'body.3' (2 groups of 4)" in found.reasons[0]
+    # unread instead of dead: zeroing the grouped conv's column of channel 6 (group 1) only
+    net2 = GroupedNet().eval()
+    zero(net2, [grouped], torch.tensor([False] * 6 + [True, False]))
+    assert net2.body[3].weight[4:, 2].abs().sum() == 0 and net2.body[3].weight[:4, 2].abs().sum() > 0
+    (found2,) = removable_channels(net2, [inner])
+    assert found2.zero.nonzero().flatten().tolist() == [6] and found2.removable == 0
+    # all four outputs of one group dead: at most three of a group go, and the other group none
+    all_out = torch.tensor([True] * 4 + [False] * 4)
+    zero(net2, outer.writers, all_out)
+    (found3,) = removable_channels(net2, [outer])
+    assert found3.zero_channels == 4 and found3.removable == 0
+
+
+def test_grouped_conv_prunes_exactly_with_different_positions_per_group():
+    from sparsemtl.pruning import prune_model
+
+    torch.manual_seed(0)
+    net = GroupedNet().eval()
+    inner, outer = channel_sets(net, ["body.0", "body.3"], image(8))
+    zero(net, inner.writers, torch.tensor([True, True, False, False, False, True, False, False]))
+    zero(net, outer.writers, torch.tensor([False, False, True, False, True, False, False, False]))
+    result = prune_model(net, image(8), check_inputs=[torch.rand(3, 3, 12, 12)])
+    conv = result.model.body[3]
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (6, 6, 2)
+    assert result.removed_channels == 4 and result.kept_zero == {
+        "body.0": {"channels": 1, "reasons": [next(iter(removable_channels(net, [inner])[0].reasons))]}
+    }
+    x = torch.rand(2, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.allclose(net(x)["out"], result.model(x)["out"], rtol=1e-5, atol=1e-6)
+
+
+class LayerNormNet(nn.Module):
+    """conv, GroupNorm, ReLU, conv: the GroupNorm couples the first conv's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm, self.b = nn.Conv2d(3, 8, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.b(torch.relu(self.norm(self.a(x))))}
+
+
+def test_channel_normalising_layers_keep_zero_channels_with_the_reason():
+    torch.manual_seed(0)
+    net = LayerNormNet().eval()
+    (cset,) = channel_sets(net, ["a"], image(8))
+    assert cset.blocked == (
+        "GroupNorm normalises over channels: removing a zero channel changes the others' statistics (at 'norm')",
+    )
+    chosen = torch.zeros(8, dtype=torch.bool)
+    chosen[3] = True
+    zero(net, cset.writers, chosen)
+    (found,) = removable_channels(net, [cset])
+    assert found.zero_channels == 1 and found.removable == 0 and found.reasons == cset.blocked
+    assert sparsity_report(coupled(net, ["a"]), "coupled").zero_groups == 1

@@ -53,9 +53,19 @@ def test_patterns_select_modules_and_typos_are_errors():
         build_grouping("nope", model, ["*"])
 
 
-def test_grouped_but_not_depthwise_conv_is_rejected():
-    with pytest.raises(ValueError, match="groups=2"):
-        input_channels(nn.Sequential(nn.Conv2d(4, 8, 3, groups=2)), ["*"])
+def test_grouped_convs_group_one_input_of_every_conv_group():
+    """A grouped conv's input channel is not a slice of its weight: group p holds column p of
+    every conv group (one input per conv group, so zero groups keep the groups equally wide);
+    with one input per conv group (a depthwise multiplier) a group is that conv group's filters."""
+    grouped, multiplier = nn.Conv2d(4, 8, 3, groups=2), nn.Conv2d(4, 8, 3, groups=4)
+    s = input_channels(nn.Sequential(grouped, multiplier), ["*"])
+    assert s.dims == [1, 0] and s.num_groups == 2 + 4
+    assert s.ids[1].tolist() == [2, 2, 3, 3, 4, 4, 5, 5]
+    assert s.group_sizes().tolist() == [8 * 9] * 2 + [2 * 9] * 4
+    with torch.no_grad():
+        grouped.weight[:, 1] = 0.0  # input 1 of both conv groups: channels 1 and 3
+        multiplier.weight[4:6] = 0.0  # the filters reading input channel 2
+    assert (s.group_max_abs() == 0).nonzero().flatten().tolist() == [1, 4]
 
 
 def test_zero_groups_sets_exactly_the_selected_groups_to_zero():

@@ -172,3 +172,21 @@ def test_groups_without_gradient_information_are_not_deleted():
         opt.step()
     assert torch.count_nonzero(conv.weight[:, 1]) == conv.weight[:, 1].numel()
     assert torch.allclose(conv.weight[:, 1], before[:, 1] * (1 - 1e-3 * 0.01) ** 3)  # only weight decay
+
+
+def test_a_parameter_without_gradients_does_not_switch_off_the_penalty_for_the_others():
+    """A regularised layer the forward pass never uses (no gradient, no Adam state) keeps its
+    weights, and every other tensor of the param group is still regularised: before, one such
+    parameter silently turned the prox off for the whole group."""
+    torch.manual_seed(0)
+    used, unused = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+    net = nn.ModuleDict({"used": used, "unused": unused})
+    kept = unused.weight.detach().clone()
+    opt = ProxAdamW(regularized_param_groups(net, input_channels(net, ["*"]), lam=10.0), lr=0.05)
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):
+        opt.zero_grad()
+        used(x).square().mean().backward()
+        opt.step()
+    assert unused.weight.grad is None and torch.equal(unused.weight, kept)
+    assert torch.count_nonzero(used.weight.detach().abs().sum(dim=(0, 2, 3))) == 0  # every input channel zeroed

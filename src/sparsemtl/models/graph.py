@@ -81,8 +81,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tp.DependencyGraph:
 
     Tracing needs autograd, so grad is enabled and the input requires grad (frozen layers still
     get a ``grad_fn``). Torch-Pruning leaves the model in eval mode; every submodule's flag is
-    restored. The input is passed as a 1-tuple because Torch-Pruning first tries
-    ``model(*example_inputs)``, which would unpack a tensor along its batch dimension.
+    restored. Layers that run without reaching an output are traced too (:func:`_build`).
 
     The graph keeps the trace's autograd nodes, of which Torch-Pruning only reads shapes and
     dims; the tensors autograd would save for a backward pass are dropped instead, or a cached
@@ -92,10 +91,40 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tp.DependencyGraph:
     modes = [(m, m.training) for m in model.modules()]
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _dropped):
-            return tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
+            ran: set[nn.Module] = set()
+            graph = _build(model, x, ran, ())
+            untraced = [m for m in model.modules() if m in ran and m not in graph.module2node]
+            return _build(model, x, set(), untraced) if untraced else graph
     finally:
         for module, training in modes:
             module.training = training
+
+
+#: layers whose channels a graph must know about whenever they run
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _build(model: nn.Module, x: torch.Tensor, ran: set[nn.Module], extra: list[nn.Module]) -> tp.DependencyGraph:
+    """Trace ``model`` on ``x``, recording in ``ran`` the layers that ran.
+
+    Torch-Pruning traces backwards from the outputs, so a layer that runs but reaches no output
+    (e.g. an unused branch of timm's HRNet features) is missing from its graph, and cutting the
+    channels it reads would break the forward pass. The layers in ``extra`` are traced as extra
+    outputs (a copy of their output, taken before any in-place op), so their own channels are
+    never cut and they are updated with the channels they read.
+    """
+    copies: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _a, out: copies.append(out.clone())) for m in extra]
+    hooks += [m.register_forward_hook(lambda m, _a, _o: ran.add(m)) for m in model.modules() if isinstance(m, _LAYERS)]
+
+    def forward(module: nn.Module, inputs: tuple[torch.Tensor]) -> tuple[object, list[torch.Tensor]]:
+        return module(*inputs), copies
+
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=(x,), forward_fn=forward, verbose=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _drop(tensor: torch.Tensor) -> None:

@@ -6,8 +6,10 @@ narrower; recording those layers' widths is enough to rebuild it without Torch-P
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -43,23 +45,32 @@ def apply_widths(model: nn.Module, widths: dict[str, dict[str, Any]]) -> nn.Modu
 
 
 def _rebuilt(old: nn.Module, width: dict[str, Any]) -> nn.Module:
-    """A fresh layer like ``old`` (same type and hyper-parameters) with the recorded widths."""
+    """A copy of ``old`` (same type and every other setting, e.g. the activation fused into
+    timm's ``BatchNormAct2d`` or a ``Conv2dSame``'s padding) with the recorded widths; the new
+    tensors are placeholders for the state_dict to fill."""
     if type(old).__name__ != width["type"]:
         raise ValueError(f"layer is a {type(old).__name__}, the file records a {width['type']}")
-    if isinstance(old, nn.Conv2d):
-        return type(old)(
-            width["in"],
-            width["out"],
-            old.kernel_size,
-            old.stride,
-            old.padding,
-            old.dilation,
-            width["groups"],
-            old.bias is not None,
-            old.padding_mode,
-        )
-    if isinstance(old, nn.Linear):
-        return type(old)(width["in"], width["out"], old.bias is not None)
-    if isinstance(old, _BatchNorm):
-        return type(old)(width["out"], old.eps, old.momentum, old.affine, old.track_running_stats)
-    raise ValueError(f"cannot rebuild a {type(old).__name__}")
+    new = copy.deepcopy(old)
+    if isinstance(new, nn.Conv2d):
+        new.in_channels, new.out_channels, new.groups = width["in"], width["out"], width["groups"]
+        rows, cols = (new.in_channels, new.out_channels) if new.transposed else (new.out_channels, new.in_channels)
+        new.weight = _fresh(old.weight, rows, cols // new.groups, *new.kernel_size)
+        new.bias = None if old.bias is None else _fresh(old.bias, new.out_channels)
+    elif isinstance(new, nn.Linear):
+        new.in_features, new.out_features = width["in"], width["out"]
+        new.weight = _fresh(old.weight, new.out_features, new.in_features)
+        new.bias = None if old.bias is None else _fresh(old.bias, new.out_features)
+    elif isinstance(new, _BatchNorm):
+        new.num_features = n = width["out"]
+        if new.affine:
+            new.weight, new.bias = _fresh(old.weight, n), _fresh(old.bias, n)
+        if new.track_running_stats:
+            new.running_mean = torch.zeros(n, dtype=old.running_mean.dtype, device=old.running_mean.device)
+            new.running_var = torch.ones(n, dtype=old.running_var.dtype, device=old.running_var.device)
+    else:
+        raise ValueError(f"cannot rebuild a {type(old).__name__}")
+    return new
+
+
+def _fresh(like: torch.Tensor, *shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)

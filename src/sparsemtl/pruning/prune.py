@@ -33,7 +33,13 @@ from ..models.widths import WIDTH_TYPES, changed_widths, layer_widths
 from ..runs import atomic_write_json, open_model, save_pruned
 from ..runs.model_file import without_pretrained
 from ..sparsity import build_grouping
-from ..sparsity.channels import ChannelRemovability, ChannelSet, graph_channel_sets, removable_channels
+from ..sparsity.channels import (
+    ChannelRemovability,
+    ChannelSet,
+    graph_channel_sets,
+    is_grouped_conv,
+    removable_channels,
+)
 from ..sparsity.groupings import matching_convs
 from ..tables import format_table
 from .export import export_onnx
@@ -56,6 +62,8 @@ class PruneResult:
     kept_dead_channels: int
     zero_groups: dict[str, Any] = field(default_factory=dict)
     max_relative_error: dict[str, float] = field(default_factory=dict)
+    kept_zero: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verify_dtype: str = "float32"
 
     def changed_widths(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
         """Layers whose shape changed: name -> (before, after)."""
@@ -74,6 +82,8 @@ class PruneResult:
             "kept_dead_channels": self.kept_dead_channels,
             "zero_groups": dict(self.zero_groups),
             "max_relative_error": dict(self.max_relative_error),
+            "verify_dtype": self.verify_dtype,
+            "kept_zero_channels": dict(self.kept_zero),
             "widths_before": self.widths_before,
             "widths_after": self.widths_after,
         }
@@ -102,16 +112,57 @@ class PruneResult:
             z = self.zero_groups
             found = f"\nzero groups found: {z['zero']:,} of {z['groups']:,} ({z['grouping']} grouping)"
         note = "(last column of 'channels removed': dead channels kept, one per dead set)"
-        return f"{totals}\n{note}{found}\n\n{layers}"
+        kept = ""
+        if self.kept_zero:
+            rows = [[name, k["channels"], "; ".join(k["reasons"])] for name, k in self.kept_zero.items()]
+            kept = "\n\n" + format_table(["channel set", "zero channels kept", "why"], rows)
+        return f"{totals}\n{note}{found}\n\n{layers}{kept}"
 
 
 def _ratio(before: int, after: int) -> float:
     return before / after if after else float("inf")
 
 
-def relative_errors(original: nn.Module, pruned: nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, float]:
-    """Per output, the largest max|a - b| / max|a| over ``inputs`` (eval mode, flags restored)."""
-    errors: dict[str, float] = {}
+@dataclass(frozen=True)
+class OutputError:
+    """How far one pruned output is from the original over the checked inputs.
+
+    ``relative``: max|a - b| / max|a|. ``values``: the worst element-wise ratio of |a - b| to
+    its tolerance ``atol + rtol * |a|`` with ``atol = rtol * max|a|`` of that output.
+    ``differences``: the same for the input-dependent part, ``a(x_i) - a(x_j)`` against
+    ``b(x_i) - b(x_j)`` over neighbouring samples of a batch, so a nearly constant output cannot
+    hide a wrong response to its input. Its tolerance has a rounding floor of ``NOISE_ULPS``
+    units of the output's magnitude in the checked dtype: float64 checks the input-dependent part
+    about 10^9 times more finely than float32. A ratio <= 1 passes.
+    """
+
+    relative: float
+    values: float
+    differences: float
+
+    @property
+    def ok(self) -> bool:
+        return self.values <= 1.0 and self.differences <= 1.0  # False for NaN too
+
+
+#: rounding floor of the difference check, in units of eps * max|a| of the output
+NOISE_ULPS = 16
+
+
+def output_errors(
+    original: nn.Module,
+    pruned: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    rtol: float = 1e-5,
+    dtype: torch.dtype | None = None,
+) -> dict[str, OutputError]:
+    """Compare every output of ``pruned`` with ``original`` on ``inputs`` (eval mode, flags
+    restored). With ``dtype`` both models run as copies in that dtype, e.g. float64 so rounding
+    cannot mask a small error."""
+    if dtype is not None:
+        original, pruned = (copy.deepcopy(m).to(dtype) for m in (original, pruned))
+        inputs = [x.to(dtype) for x in inputs]
+    worst: dict[str, list[float]] = {}
     modes = [(m, m.training) for m in (*original.modules(), *pruned.modules())]
     original.eval()
     pruned.eval()
@@ -120,25 +171,61 @@ def relative_errors(original: nn.Module, pruned: nn.Module, inputs: Sequence[tor
             for x in inputs:
                 expected, actual = original(x), pruned(x)
                 for name, a in expected.items():
-                    tiny = torch.finfo(a.dtype).tiny
-                    err = float((a - actual[name]).abs().max() / max(float(a.abs().max()), tiny))
-                    errors[name] = max(errors.get(name, 0.0), err)
+                    errors = _compare(a.double(), actual[name].double(), rtol, torch.finfo(a.dtype).eps)
+                    worst[name] = [max(w, e) for w, e in zip(worst.get(name, errors), errors)]
     finally:
         for module, training in modes:
             module.training = training
-    return errors
+    return {name: OutputError(*w) for name, w in worst.items()}
+
+
+def _compare(a: torch.Tensor, b: torch.Tensor, rtol: float, eps: float) -> list[float]:
+    """[relative, values, differences] of one batch (see :class:`OutputError`); NaN wins."""
+    scale = float(a.abs().max())
+    relative = _worst((a - b).abs() / max(scale, torch.finfo(torch.float64).tiny))
+    values = _worst((a - b).abs() / (rtol * scale + rtol * a.abs()).clamp_min(torch.finfo(torch.float64).tiny))
+    differences = 0.0
+    if a.shape[0] > 1:
+        da, db = a[1:] - a[:-1], b[1:] - b[:-1]
+        floor = NOISE_ULPS * eps * scale
+        tol = rtol * float(da.abs().max()) + rtol * da.abs() + floor
+        differences = _worst((da - db).abs() / tol.clamp_min(torch.finfo(torch.float64).tiny))
+    return [relative, values, differences]
+
+
+def _worst(ratio: torch.Tensor) -> float:
+    return float("nan") if bool(ratio.isnan().any()) else float(ratio.max())
+
+
+def relative_errors(
+    original: nn.Module, pruned: nn.Module, inputs: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Per output, the largest max|a - b| / max|a| over ``inputs``."""
+    return {name: e.relative for name, e in output_errors(original, pruned, inputs, dtype=dtype).items()}
 
 
 def verify_pruned(
-    original: nn.Module, pruned: nn.Module, inputs: Sequence[torch.Tensor], rtol: float = 1e-5
+    original: nn.Module,
+    pruned: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    rtol: float = 1e-5,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Raise :class:`PruningVerificationError` when any output moved by more than ``rtol``
-    (relative to its largest magnitude); return the relative errors otherwise."""
-    errors = relative_errors(original, pruned, inputs)
-    for name, err in errors.items():
-        if not err <= rtol:  # also catches NaN
-            raise PruningVerificationError(f"pruned output {name!r} differs by {err:.3e} relative (> rtol {rtol:g})")
-    return errors
+    """Raise :class:`PruningVerificationError` when any output, or its input-dependent part,
+    fails the element-wise check of :class:`OutputError`; return the relative errors otherwise."""
+    errors = output_errors(original, pruned, inputs, rtol, dtype)
+    for name, e in errors.items():
+        if not e.ok:
+            if not e.values <= 1.0:
+                what, ratio, hint = "values", e.values, ""
+            else:
+                what, ratio = "input-dependent part f(x1) - f(x2)", e.differences
+                hint = "; a nearly constant output is checked only to its rounding: --verify-dtype float64 checks finer"
+            raise PruningVerificationError(
+                f"pruned output {name!r} differs in its {what}: {ratio:.3g} times the tolerance "
+                f"(rtol {rtol:g}; max relative error {e.relative:.3e}){hint}"
+            )
+    return {name: e.relative for name, e in errors.items()}
 
 
 def channels_to_cut(removability: ChannelRemovability) -> torch.Tensor:
@@ -176,8 +263,43 @@ def _cut_set(
     if not graph.check_pruning_group(group):
         raise RuntimeError(f"Torch-Pruning refuses to cut {len(idxs)} channels of {root_name!r}")
     _track_survivors(graph, group, survivors)
+    grouped = _grouped_cuts(graph, group)
     group.prune()
+    for conv, (weight, inputs, outputs) in grouped.items():
+        _repack_grouped(conv, weight, inputs, outputs)
     return len(idxs)
+
+
+def _grouped_cuts(graph: tp.DependencyGraph, group: tp.Group) -> dict[nn.Module, tuple[torch.Tensor, set, set]]:
+    """Weight before the cut, and the input and output indices cut, of every grouped conv whose
+    inputs the group cuts."""
+    cuts: dict[nn.Module, tuple[torch.Tensor, set, set]] = {}
+    for item in group.items:
+        module = item.dep.target.module
+        if is_grouped_conv(module):
+            weight, inputs, outputs = cuts.setdefault(module, (module.weight.detach().clone(), set(), set()))
+            out = graph.is_out_channel_pruning_fn(item.dep.handler)
+            (outputs if out else inputs).update(int(i) for i in item.idxs)
+    return {m: c for m, c in cuts.items() if c[1]}
+
+
+def _repack_grouped(conv: nn.Module, weight: torch.Tensor, inputs: set, outputs: set) -> None:
+    """Rebuild a grouped conv's weight after its inputs were cut.
+
+    Torch-Pruning cuts the same input positions from every conv group (those of the first
+    group); the channel analysis only guarantees equally many per group, at any positions, so
+    each group's filters keep their own surviving input columns.
+    """
+    groups, per_group, rows = conv.groups, weight.shape[1], weight.shape[0] // conv.groups
+    blocks = []
+    for k in range(groups):
+        keep = [p for p in range(per_group) if k * per_group + p not in inputs]
+        blocks.append(weight[k * rows : (k + 1) * rows, keep])
+    if len({b.shape[1] for b in blocks}) != 1:
+        raise RuntimeError(f"grouped conv {conv}: unequal input cuts per group")
+    kept_rows = [r for r in range(weight.shape[0]) if r not in outputs]
+    new = torch.cat(blocks)[kept_rows]
+    conv.weight = nn.Parameter(new.to(conv.weight.device), requires_grad=conv.weight.requires_grad)
 
 
 def _track_survivors(graph: tp.DependencyGraph, group: tp.Group, survivors: dict[nn.Module, list[int]]) -> None:
@@ -203,12 +325,14 @@ def prune_model(
     input_size: tuple[int, int] | None = None,
     check_inputs: Sequence[torch.Tensor] = (),
     rtol: float = 1e-5,
+    verify_dtype: torch.dtype | None = None,
 ) -> PruneResult:
     """Cut every exactly removable channel of a copy of ``model``, then verify the copy.
 
     ``example_inputs`` fixes the tracing shape (default 1x3x64x64 random); ``input_size`` the
-    MAC count (default: the example's). Verification runs on two random batches plus
-    ``check_inputs``; a mismatch raises :class:`PruningVerificationError`.
+    MAC count (default: the example's). Verification (:func:`verify_pruned`, in
+    ``verify_dtype`` when given) runs on two random batches plus ``check_inputs``; a mismatch
+    raises :class:`PruningVerificationError`.
     """
     x = _example_input(model, example_inputs)
     size = tuple(input_size or x.shape[-2:])
@@ -225,7 +349,8 @@ def prune_model(
         if cut.numel():
             removed += _cut_set(graph.dependency, cset.name, root_indices(cset, cut), survivors)
     randoms = [torch.rand(2, *x.shape[1:], dtype=x.dtype, device=x.device) for _ in range(2)]
-    errors = verify_pruned(original, pruned, [*randoms, *check_inputs], rtol)
+    errors = verify_pruned(original, pruned, [*randoms, *check_inputs], rtol, verify_dtype)
+    kept = {r.name: {"channels": r.kept_zero, "reasons": list(r.reasons)} for r in found if r.kept_zero}
     return PruneResult(
         model=pruned,
         widths_before=layer_widths(original),
@@ -239,6 +364,8 @@ def prune_model(
         removed_channels=removed,
         kept_dead_channels=sum(r.all_removable for r in found),
         max_relative_error=errors,
+        kept_zero=kept,
+        verify_dtype=str(verify_dtype or x.dtype).removeprefix("torch."),
     )
 
 
@@ -253,17 +380,25 @@ def prune_run(
     out_path: str | Path,
     input_size: tuple[int, int] | None = None,
     onnx: bool = False,
+    verify_dtype: torch.dtype | None = None,
 ) -> PruneResult:
     """Prune a trained run (or a saved pruned model) and write ``out_path``, its JSON report
     (``.json`` next to it) and, with ``onnx``, an ``.onnx`` export.
 
     Verified on random inputs and on a batch of the run's own validation images; ``input_size``
-    (default: the configured image size) is used for tracing, MACs and the export.
+    (default: the configured image size) is used for tracing, MACs and the export;
+    ``verify_dtype`` (e.g. float64) is the dtype the verification runs both models in.
     """
     source = open_model(run_dir_or_checkpoint)
     model, config, specs = source.model, source.config, source.specs
     size = tuple(input_size or config.data.image_size)
-    result = prune_model(model, torch.rand(1, 3, *size), input_size=size, check_inputs=[validation_images(config)])
+    result = prune_model(
+        model,
+        torch.rand(1, 3, *size),
+        input_size=size,
+        check_inputs=[validation_images(config)],
+        verify_dtype=verify_dtype,
+    )
     structure = build_grouping(config.sparsity.grouping, model, config.sparsity.modules)
     zero = int((structure.group_max_abs() == 0).sum())
     result.zero_groups = {"grouping": config.sparsity.grouping, "groups": structure.num_groups, "zero": zero}

@@ -88,30 +88,33 @@ def matching_convs(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str,
     return [(n, m) for n, m in convs if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def _input_channel_dim(name: str, conv: nn.Conv2d) -> int:
-    """Dimension of the weight indexed by input channel: 1 for dense, 0 for depthwise convs."""
-    if conv.groups == 1:
-        return 1
-    if conv.groups == conv.in_channels == conv.out_channels:
-        return 0
-    raise ValueError(
-        f"conv {name!r} has groups={conv.groups}: input-channel groups are defined only for "
-        "dense or depthwise convolutions"
-    )
+def _input_channel_rows(conv: nn.Conv2d) -> tuple[int, torch.Tensor]:
+    """The weight dimension and the group of each row along it, one group per input column.
+
+    Dense conv: group ``j`` is ``W[:, j]``. A conv with one input per conv group (depthwise, also
+    with a channel multiplier): group ``j`` is the filters of conv group ``j`` (rows of dim 0).
+    Other grouped convs: group ``p`` is column ``p`` of every conv group's filters, i.e. input
+    ``p`` of each conv group, so a zero group removes one input from every conv group and the
+    groups stay equally wide (a single input channel of a grouped conv is not a slice of its
+    weight).
+    """
+    if conv.groups > 1 and conv.groups == conv.in_channels:
+        return 0, torch.arange(conv.out_channels) // (conv.out_channels // conv.groups)
+    return 1, torch.arange(conv.weight.shape[1])
 
 
 @GROUPINGS.register("input_channels")
 def input_channels(model: nn.Module, patterns: Sequence[str]) -> GroupStructure:
-    """The seed's grouping: group j of a conv is W[:, j] (all weights reading input channel j)."""
+    """The seed's grouping: group j of a conv is W[:, j] (all weights reading input channel j);
+    see :func:`_input_channel_rows` for grouped and depthwise convs."""
     names, params, dims, ids, owners = [], [], [], [], []
     for name, conv in matching_convs(model, patterns):
-        dim = _input_channel_dim(name, conv)
-        n = conv.weight.shape[dim]
+        dim, rows = _input_channel_rows(conv)
         names.append(f"{name}.weight")
         params.append(conv.weight)
         dims.append(dim)
-        ids.append(torch.arange(len(owners), len(owners) + n))
-        owners.extend([name] * n)
+        ids.append(rows + len(owners))
+        owners.extend([name] * (int(rows.max()) + 1))
     return GroupStructure(names, params, dims, ids, owners)
 
 

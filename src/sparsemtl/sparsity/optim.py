@@ -110,10 +110,11 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
     Extra param-group keys: ``lam`` (penalty strength, 0 = plain AdamW; may be changed between
     steps like ``lr``), ``prox`` (plain-data layout: ``dims``, ``ids``, ``weights``, ``penalty``
     and, for group MCP, ``gamma``) and ``prox_metric`` (default from the constructor, like
-    ``lr``; stored in ``state_dict``). A param group whose parameters have not all taken an Adam
-    step yet, and any sparsity group whose second moment is still exactly zero (it never received
-    a gradient, so its metric would be eps everywhere and any lambda > 0 would delete it before it
-    learns), are left unregularised for that step, whatever the metric.
+    ``lr``; stored in ``state_dict``). Any sparsity group whose second moment is still exactly
+    zero (it never received a gradient, so its metric would be eps everywhere and any lambda > 0
+    would delete it before it learns), including every group of a parameter that has not taken an
+    Adam step yet (e.g. a layer the forward pass does not use), is left unregularised for that
+    step, whatever the metric; the other groups of the param group are regularised as usual.
 
     One step, for both metrics: torch's AdamW update (decoupled weight decay
     x <- x (1 - lr wd), then x <- x - lr/(1 - beta1^t) m_t / (sqrt(v_t / (1 - beta2^t)) + eps)),
@@ -153,22 +154,16 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
         loss = super().step(closure)
         for index, group in self._prox_groups():
             moments = self._second_moments(group)
-            if moments is None:
-                continue
             slices, _ = self._layout(index, group)
             informed = slices.group_amax(moments) > 0
             self._apply_prox(index, group, self._adam_metric(group, moments), informed)
         return loss
 
-    def _second_moments(self, group: dict[str, Any]) -> list[torch.Tensor] | None:
-        """Adam's (uncorrected) second moments of the group, or None before its first step."""
-        moments = []
-        for p in group["params"]:
-            state = self.state.get(p)
-            if not state:
-                return None
-            moments.append(state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"])
-        return moments
+    def _second_moments(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        """Adam's (uncorrected) second moments of the group; zeros for a parameter that has not
+        taken a step yet, so its groups count as never informed."""
+        key = "max_exp_avg_sq" if group["amsgrad"] else "exp_avg_sq"
+        return [self.state[p][key] if key in self.state.get(p, {}) else torch.zeros_like(p) for p in group["params"]]
 
     def _adam_metric(self, group: dict[str, Any], moments: list[torch.Tensor]) -> list[torch.Tensor]:
         """Fresh tensors d (the prox uses them as scratch space), per the group's ``prox_metric``."""
@@ -177,7 +172,8 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
         _, beta2 = group["betas"]
         metric = []
         for p, v in zip(group["params"], moments):
-            correction = 1.0 - beta2 ** float(self.state[p]["step"])
+            steps = float(self.state.get(p, {}).get("step", 1.0))  # no step yet: never informed, any value
+            correction = 1.0 - beta2**steps
             metric.append((v / correction).sqrt_().add_(group["eps"]))
         return metric
 

@@ -69,6 +69,11 @@ class SparsityReport(_Percentages):
     def removable_channels(self) -> int:
         return sum(s.removable for s in self.channel_sets)
 
+    @property
+    def zero_channels(self) -> int:
+        """Dead or unread channels, removable or not."""
+        return sum(s.zero_channels for s in self.channel_sets)
+
     def summary(self) -> dict:
         out = {
             "grouping": self.grouping,
@@ -83,10 +88,21 @@ class SparsityReport(_Percentages):
             out["channels"] = self.channels
             out["removable_channels"] = self.removable_channels
             out["removable_channel_pct"] = 100.0 * self.removable_channels / self.channels
+            out["zero_channels"] = self.zero_channels
+            out["zero_channels_kept"] = self.zero_channels - self.removable_channels
         return out
 
     def to_dict(self) -> dict:
-        sets = [{"name": s.name, "channels": s.channels, "removable": s.removable} for s in self.channel_sets]
+        sets = [
+            {
+                "name": s.name,
+                "channels": s.channels,
+                "removable": s.removable,
+                "zero": s.zero_channels,
+                **({"kept_because": list(s.reasons)} if s.kept_zero else {}),
+            }
+            for s in self.channel_sets
+        ]
         return {**self.summary(), "layers": [asdict(layer) for layer in self.layers], "channel_sets": sets}
 
 

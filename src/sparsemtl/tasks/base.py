@@ -254,6 +254,11 @@ class TaskKind(ABC):
         no spatial output."""
         return None
 
+    def export_arrays(self, values: Tensor, spec: TaskSpec) -> dict[str, np.ndarray]:
+        """Files written next to the picture of a decoded prediction, keyed by file-name suffix
+        (``"mm.png"``, ``"x.npy"``), for tools that need the numbers rather than colours; default none."""
+        return {}
+
     @property
     def summary(self) -> str:
         """One line for ``sparsemtl list tasks``."""

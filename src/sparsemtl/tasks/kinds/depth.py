@@ -86,3 +86,11 @@ class Depth(TaskKind):
         valid = np.isfinite(depth) & (depth > 0)
         low, high = np.percentile(depth[valid], [2, 98]) if valid.any() else (0.0, 1.0)
         return colour_map(-depth, -float(high), -float(low), ~valid)  # near = bright
+
+    def export_arrays(self, values: Tensor, spec: TaskSpec) -> dict[str, np.ndarray]:
+        """``mm.png``: 16-bit millimetres, the convention of depth cameras and NYU-v2 tools;
+        0 = invalid (non-positive or non-finite), clipped at 65.535 m."""
+        depth = values.reshape(values.shape[-2:]).double().cpu().numpy()
+        valid = np.isfinite(depth) & (depth > 0)
+        millimetres = np.round(np.where(valid, depth, 0.0) * 1000.0)
+        return {"mm.png": np.clip(millimetres, 0, np.iinfo(np.uint16).max).astype(np.uint16)}
