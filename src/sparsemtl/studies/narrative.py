@@ -160,7 +160,7 @@ METHOD = (
     "baseline trial with the same seed when it is complete, else against the mean of the baseline's trials. "
     "Δm (CAGrad / Nash-MTL, mean over all metrics) is positive = worse; Δp (LibMTL, task-averaged) and Δ "
     "(Maninis et al. 2019, one primary metric per task) are positive = better. Task kinds (which metric "
-    "directions apply) are recognised from the metric names each task reports."
+    "directions apply) are read from each run's summary.json (task_kinds)."
 )
 
 
