@@ -4,7 +4,10 @@
    (synthetic-scenes, resnet18d, 64x64): finite metrics, zero groups, wall time.
 2. Resume on CUDA: a deterministic run stopped by SIGTERM in epoch 2 and resumed with
    ``--resume`` against the uninterrupted run (test metrics and zero groups compared).
-3. Prune the bf16 run and ``sparsemtl bench`` dense vs pruned on the GPU (BN folded).
+3. Prune the bf16 run (round-to 1 and 8) and ``sparsemtl bench`` dense vs pruned on the GPU (BN
+   folded), contiguous and channels-last.
+3b. A MAC budget (0.5 by epoch 2, bf16) steered on the GPU, alone and under torchrun (NCCL, one
+   process: one GPU cannot host two NCCL ranks).
 4. The paper model's optimiser step on the GPU: fused AdamW vs ProxAdamW (same model, batch,
    interleaved, CUDA-synchronised), and the prox alone.
 
@@ -90,16 +93,43 @@ def resume_rows(out: Path) -> list[tuple[str, str]]:
 
 
 def prune_rows(out: Path) -> list[tuple[str, str]]:
-    pruned = out / "pruned.pt"
-    p = cli("prune", str(out / "amp-bf16"), "--out", str(pruned))
-    if p.returncode:
-        return [("prune", f"FAILED: {p.stderr.strip()[-200:]}")]
-    b = cli(
-        "bench", str(out / "amp-bf16"), str(pruned), "--device", "cuda", "--batch", "1", "16", "--min-run-time", "1"
-    )
-    removed = json.loads(pruned.with_suffix(".json").read_text())["removed_channels"]
-    bench = b.stdout.strip() if b.returncode == 0 else f"FAILED: {b.stderr.strip()[-300:]}"
-    return [("prune bf16 run", f"{removed} channels removed, verified"), ("bench on CUDA", "\n" + bench)]
+    rows = []
+    for round_to in (1, 8):
+        pruned = out / f"pruned-r{round_to}.pt"
+        p = cli("prune", str(out / "amp-bf16"), "--out", str(pruned), "--round-to", str(round_to))
+        if p.returncode:
+            return rows + [(f"prune --round-to {round_to}", f"FAILED: {p.stderr.strip()[-200:]}")]
+        removed = json.loads(pruned.with_suffix(".json").read_text())["removed_channels"]
+        rows.append((f"prune bf16 run --round-to {round_to}", f"{removed} channels removed, verified"))
+    models = [str(out / "amp-bf16"), str(out / "pruned-r1.pt"), str(out / "pruned-r8.pt")]
+    for layout in ([], ["--channels-last"]):
+        b = cli("bench", *models, "--device", "cuda", "--batch", "1", "16", "--min-run-time", "1", *layout)
+        bench = b.stdout.strip() if b.returncode == 0 else f"FAILED: {b.stderr.strip()[-300:]}"
+        rows.append((f"bench on CUDA {' '.join(layout)}", "\n" + bench))
+    return rows
+
+
+def budget_rows(out: Path) -> list[tuple[str, str]]:
+    """A MAC budget steered on the GPU (bf16), and the same run under torchrun (NCCL, 1 process)."""
+    budget = ["sparsity.grouping=coupled", "sparsity.budget.macs=0.5", "sparsity.budget_epochs=2", "train.amp=bf16"]
+    rows = []
+    for name, extra in (
+        ("budget", None),
+        ("budget-torchrun", ["torchrun", "--standalone", "--nproc_per_node=1", "-m", "sparsemtl"]),
+    ):
+        t0 = time.perf_counter()
+        result = cli("train", *SMALL, *budget, f"train.out_dir={out}", f"train.name={name}", extra=extra)
+        if result.returncode:
+            rows.append((name, f"FAILED: {result.stderr.strip()[-300:]}"))
+            continue
+        s = summary(out / name)
+        rows.append(
+            (
+                f"{name} ({time.perf_counter() - t0:.0f} s, world size {s['world_size']})",
+                s["sparsity"]["budget"]["message"],
+            )
+        )
+    return rows
 
 
 def optimiser_rows(steps: int = 20) -> list[tuple[str, str]]:
@@ -157,7 +187,7 @@ def main() -> None:
         sys.exit("cuda_check: no CUDA device")
     out = args.out or Path(tempfile.mkdtemp(prefix="cuda-check-"))
     print(f"# {torch.cuda.get_device_name(0)} | torch {torch.__version__} | CUDA {torch.version.cuda}", flush=True)
-    sections = [] if args.skip_train else [training_rows, resume_rows, prune_rows]
+    sections = [] if args.skip_train else [training_rows, resume_rows, prune_rows, budget_rows]
     for section in [*sections, optimiser_rows]:
         t0 = time.perf_counter()
         try:

@@ -1,49 +1,57 @@
 """Cost of the group-sparsity prox, measured side by side in one run.
 
-1. Weighted (Adam-preconditioned) group-lasso prox over all conv weights of the ResNet-D-50
-   encoder (input-channel groups, 55 convs), with a realistic metric d = sqrt(v_hat) + eps from
-   a few real AdamW steps of the paper model: our vectorised prox vs a straightforward per-layer
-   implementation of the same maths (Newton on the secular equation, 100 iterations over full
-   tensors, as in the reference code), with the accuracy of both against a float64 solve.
-2. One training step (zero_grad, forward, loss, backward, optimiser step) of the paper model
-   (resnet50d, output stride 8, three DeepLabV3 heads, batch 4, 128x128) with AdamW vs ProxAdamW.
+Per encoder (``--encoders``) of the paper model (output stride 8, three DeepLabV3 heads), with
+the encoder's conv weights regularised (input-channel groups) and a realistic Adam state from a
+few real training steps:
 
-Usage: python benchmarks/prox.py [--steps 5] [--lam 1e-5] [--threads 2]
+1. the prox alone, as ProxAdamW calls it (``group_lasso_prox_`` in Adam's metric, warm-started
+   from the previous step's group norms): time, ns per regularised weight, and its largest
+   relative error against the same solve in float64;
+2. one optimiser step over the regularised weights, ProxAdamW / AdamW, for torch's single-tensor
+   and foreach AdamW (on CUDA: fused, the reference, and foreach).
+
+Then one training step (zero_grad, forward, loss, backward, step) of the resnet50d paper model
+at each ``--batches`` size, ``--size`` px: ProxAdamW / AdamW over the whole model.
+
+Every optimiser measurement restores the weights and the optimiser state before each repeat, so
+that all repeats do the same work, and the variants run interleaved (A B A B ...) so that drifts
+in machine load hit all alike. On a shared machine read the ratios, not the absolute times.
+
+Usage: python benchmarks/prox.py [--encoders resnet18d resnet50d resnet101d] [--threads 2]
+       [--repeats 5] [--batches 2 8] [--size 128] [--device auto] [--lam 1e-5]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import time
+from typing import Callable
 
 import torch
 from paper_model import PAPER_MODEL, SPECS
 
 from sparsemtl.models import build_model
-from sparsemtl.sparsity import (
-    GroupSlices,
-    ProxAdamW,
-    group_lasso_prox_,
-    group_weights,
-    input_channels,
-    regularized_param_groups,
-)
+from sparsemtl.sparsity import ProxAdamW, group_lasso_prox_, group_weights, input_channels, regularized_param_groups
+from sparsemtl.sparsity.prox import AdamMetric
+from sparsemtl.tables import format_table
 from sparsemtl.tasks import get_task
 
-LR, EPS, BETA2 = 1e-4, 1e-6, 0.999
+LR, EPS, BETA2, WEIGHT_DECAY = 1e-4, 1e-6, 0.999, 0.1  # the paper's optimiser
 
 
-def make_batch(batch: int, size: int, seed: int) -> dict[str, torch.Tensor]:
+def make_batch(batch: int, size: int, seed: int, device: torch.device) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     normals = torch.randn(batch, 3, size, size, generator=gen)
-    return {
+    data = {
         "image": torch.rand(batch, 3, size, size, generator=gen),
         "segmentation": torch.randint(0, 40, (batch, size, size), generator=gen),
         "depth": torch.rand(batch, 1, size, size, generator=gen) * 9 + 0.5,
         "normals": normals / normals.norm(dim=1, keepdim=True),
     }
+    return {k: v.to(device) for k, v in data.items()}
 
 
 def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,146 +59,180 @@ def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return sum(get_task(spec.kind).loss(out[name], batch[name], spec) for name, spec in SPECS.items())
 
 
-def train_step(model, optimizer, batch) -> None:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss_of(model, batch).backward()
     optimizer.step()
 
 
-def time_steps(model, optimizer, batch, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        train_step(model, optimizer, batch)
-        times.append(time.perf_counter() - t0)
-    return times
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def newton_per_layer_reference(
-    x: torch.Tensor, d: torch.Tensor, tau: torch.Tensor, iterations: int = 100
-) -> torch.Tensor:
-    """The straightforward implementation: one layer at a time, Newton on
-    phi(theta) = sum x^2 / (theta + tau/d)^2 - 1 for a fixed number of iterations over the full
-    (groups, n) matrix, no active-set or convergence test."""
-    weighted = (d * x).norm(dim=1)
-    c = tau[:, None] / d
-    theta = ((weighted - tau) / d.amax(1)).clamp_min(0)
-    for _ in range(iterations):
-        u = 1.0 / (theta[:, None] + c)
-        phi = (x * x * u * u).sum(1) - 1.0
-        dphi = -2.0 * (x * x * u * u * u).sum(1)
-        theta = torch.where(weighted > tau, theta - phi / dphi.clamp_max(-1e-30), theta)
-    z = theta[:, None] / (theta[:, None] + c) * x
-    return torch.where((weighted > tau)[:, None], z, torch.zeros_like(z))
-
-
-def rows(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t.movedim(dim, 0).reshape(t.shape[dim], -1)
-
-
-def prox_benchmark(model, optimizer, lam: float, repeats: int) -> list[tuple[str, str]]:
-    structure = input_channels(model, ["encoder.*"])
-    weights = group_weights(structure, "sqrt_size")
-    tau_all = (weights * LR * lam).float()
-    params = [p.detach().clone() for p in structure.params]
-    metric = []
-    for p in structure.params:
-        state = optimizer.state[p]
-        metric.append((state["exp_avg_sq"] / (1 - BETA2 ** float(state["step"]))).sqrt() + EPS)
-
-    ours, reference = [], []
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device, before=None) -> dict:
+    """Median seconds of each function, run A B C A B C ... (``before()`` untimed before each run)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        xs = [p.clone() for p in params]
-        ds = [d.clone() for d in metric]
-        t0 = time.perf_counter()
-        group_lasso_prox_(GroupSlices(xs, structure.dims, structure.ids, structure.num_groups), tau_all, ds)
-        ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ref = [
-            newton_per_layer_reference(rows(p, dim), rows(d, dim), tau_all[ids])
-            for p, d, dim, ids in zip(params, metric, structure.dims, structure.ids)
-        ]
-        reference.append(time.perf_counter() - t0)
+        for name, fn in fns.items():
+            if before is not None:
+                before()
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
-    # accuracy of both against a float64 run of our solver at float64 tolerance
-    exact = [p.double() for p in params]
-    group_lasso_prox_(
-        GroupSlices(exact, structure.dims, structure.ids, structure.num_groups),
-        tau_all.double(),
-        [d.double() for d in metric],
-    )
-    err_ours = max(
-        float((rows(x, dim).double() - rows(e, dim)).norm() / rows(e, dim).norm().clamp_min(1e-30))
-        for x, e, dim in zip(xs, exact, structure.dims)
-    )
-    err_ref = max(
-        float((r.double() - rows(e, dim)).norm() / rows(e, dim).norm().clamp_min(1e-30))
-        for r, e, dim in zip(ref, exact, structure.dims)
-    )
-    zero = sum(int((rows(x, dim).abs().amax(1) == 0).sum()) for x, dim in zip(xs, structure.dims))
-    med_ours, med_ref = statistics.median(ours), statistics.median(reference)
-    return [
-        ("convs / groups / weights", f"{len(params)} / {structure.num_groups:,} / {sum(p.numel() for p in params):,}"),
-        (
-            "zero groups after the prox",
-            f"{zero:,} ({100 * zero / structure.num_groups:.1f}%) at lambda={lam:g}, lr={LR:g}",
-        ),
-        (
-            "weighted prox, ours (median)",
-            f"{med_ours * 1e3:.1f} ms  (spread {min(ours) * 1e3:.1f}-{max(ours) * 1e3:.1f})",
-        ),
-        (
-            "per-layer 100-iteration Newton (median)",
-            f"{med_ref * 1e3:.1f} ms  (spread {min(reference) * 1e3:.1f}-{max(reference) * 1e3:.1f})",
-        ),
-        ("speed-up of ours", f"{med_ref / med_ours:.1f}x"),
-        ("max relative error vs float64 (ours / reference)", f"{err_ours:.1e} / {err_ref:.1e}"),
+
+class Snapshot:
+    """The weights and optimiser state of some parameters, restored in place."""
+
+    def __init__(self, params: list[torch.Tensor], state: dict) -> None:
+        self.params, self.state = params, state
+        self.weights = [p.detach().clone() for p in params]
+        self.saved = {p: {k: v.clone() for k, v in state[p].items()} for p in params}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, w in zip(self.params, self.weights):
+            p.copy_(w)
+            for key, value in self.saved[p].items():
+                self.state[p][key].copy_(value)
+
+
+def optimizer_variants(device: torch.device) -> dict[str, dict]:
+    """AdamW's implementations to compare: the reference first."""
+    if device.type == "cuda":
+        return {"fused": {"fused": True}, "foreach": {"foreach": True}}
+    return {"single-tensor": {"foreach": False}, "foreach": {"foreach": True}}
+
+
+def encoder_rows(encoder: str, args: argparse.Namespace, device: torch.device) -> list[list]:
+    """Prox-only and optimiser-step measurements for one encoder (see the module docstring)."""
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(PAPER_MODEL, encoder=encoder), SPECS).to(device)
+    structure = input_channels(model, ["encoder.*"])
+    groups = regularized_param_groups(model, structure, args.lam)
+    reference = next(iter(optimizer_variants(device).values()))  # its kind of state (step on CUDA for fused)
+    source = ProxAdamW(groups, lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, **reference)
+    for step in range(args.state_steps):  # a realistic Adam state and warm starts
+        train_step(model, source, make_batch(2, args.state_size, step, device))
+    source.zero_grad(set_to_none=True)
+    loss_of(model, make_batch(2, args.state_size, 99, device)).backward()
+    params = list(structure.params)
+    snapshot = Snapshot(params, source.state)
+
+    # 1. the prox alone
+    slices = structure.slices()
+    tau = (group_weights(structure, "sqrt_size") * (LR * args.lam)).to(device=device, dtype=params[0].dtype)
+    states = [source.state[p] for p in params]
+
+    def prox(dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        xs = [p.detach() if dtype is None else p.detach().to(dtype) for p in params]
+        metric = AdamMetric(
+            [s["exp_avg_sq"].to(xs[0].dtype) for s in states],
+            [1.0 - BETA2 ** float(s["step"]) for s in states],
+            EPS,
+        )
+        norms = [s["prox_norm"].to(xs[0].dtype) for s in states]
+        sl = dataclasses.replace(slices, tensors=xs) if dtype is not None else slices
+        with torch.no_grad():
+            group_lasso_prox_(sl, tau.to(xs[0].dtype), metric, norms=norms)
+        return xs
+
+    prox_time = interleaved({"prox": prox}, args.repeats, device, snapshot.restore)["prox"]
+    snapshot.restore()
+    ours = [x.clone() for x in prox()]
+    snapshot.restore()
+    exact = prox(torch.float64)
+    error = max(float((a.double() - e).norm() / e.norm().clamp_min(1e-300)) for a, e in zip(ours, exact))
+    snapshot.restore()
+
+    # 2. optimiser steps over the regularised weights, sharing the state (prox_norm included)
+    weights = sum(p.numel() for p in params)
+    fns = {}
+    for name, options in optimizer_variants(device).items():
+        adamw = torch.optim.AdamW(params, lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, **options)
+        proxy = ProxAdamW([dict(groups[0])], lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, **options)
+        for p in params:
+            adamw.state[p] = proxy.state[p] = source.state[p]
+        fns[f"AdamW {name}"] = adamw.step
+        fns[f"ProxAdamW {name}"] = proxy.step
+    with torch.no_grad():
+        steps = interleaved(fns, args.repeats, device, snapshot.restore)
+    rows = [
+        [encoder, "weights / groups", f"{weights:,} / {structure.num_groups:,}"],
+        [encoder, "prox only", f"{prox_time * 1e3:.1f} ms, {prox_time * 1e9 / weights:.2f} ns/weight"],
+        [encoder, "prox max rel. error vs float64", f"{error:.1e}"],
     ]
+    for name in optimizer_variants(device):
+        adamw, proximal = steps[f"AdamW {name}"], steps[f"ProxAdamW {name}"]
+        rows.append(
+            [
+                encoder,
+                f"ProxAdamW / AdamW step, {name}",
+                f"{proximal / adamw:.2f}  ({proximal * 1e3:.1f} / {adamw * 1e3:.1f} ms)",
+            ]
+        )
+    return rows
+
+
+def training_rows(args: argparse.Namespace, device: torch.device) -> list[list]:
+    """Training step of the resnet50d paper model, sparse (ProxAdamW) / dense (AdamW)."""
+    options = {"fused": True} if device.type == "cuda" else {}
+    torch.manual_seed(0)
+    dense = build_model(PAPER_MODEL, SPECS).to(device)
+    sparse = build_model(PAPER_MODEL, SPECS).to(device)
+    sparse.load_state_dict(dense.state_dict())
+    adamw = torch.optim.AdamW(dense.parameters(), lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, **options)
+    groups = regularized_param_groups(sparse, input_channels(sparse, ["encoder.*"]), args.lam)
+    prox_adamw = ProxAdamW(groups, lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, **options)
+    rows = []
+    for size in args.batches:
+        batch = make_batch(size, args.size, 0, device)
+        for _ in range(args.warmup):
+            train_step(dense, adamw, batch)
+            train_step(sparse, prox_adamw, batch)
+        fns = {
+            "dense": lambda: train_step(dense, adamw, batch),
+            "sparse": lambda: train_step(sparse, prox_adamw, batch),
+        }
+        times = interleaved(fns, args.repeats, device)
+        rows.append(
+            [
+                "resnet50d model",
+                f"training step sparse / dense, batch {size}, {args.size} px",
+                f"{times['sparse'] / times['dense']:.3f}  ({times['sparse']:.3f} / {times['dense']:.3f} s)",
+            ]
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per optimiser")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per optimiser before timing")
-    parser.add_argument(
-        "--lam", type=float, default=1e-5, help="sparsity strength (the paper's runs use 1e-5 and 1e-6)"
-    )
+    parser.add_argument("--encoders", nargs="+", default=["resnet18d", "resnet50d", "resnet101d"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of every measurement")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per batch size")
+    parser.add_argument("--state-steps", type=int, default=3, help="training steps that build the Adam state")
+    parser.add_argument("--state-size", type=int, default=64, help="image size of those steps")
+    parser.add_argument("--lam", type=float, default=1e-5, help="sparsity strength (the paper's: 1e-5, 1e-6)")
+    parser.add_argument("--batches", type=int, nargs="*", default=[2, 8], help="training-step batch sizes")
+    parser.add_argument("--size", type=int, default=128, help="training-step image size")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    machine = f"{platform.machine()} | {platform.processor() or 'cpu'} | {torch.get_num_threads()} torch threads"
-    print(f"# machine: {machine} | torch {torch.__version__}")
-    model = f"resnet50d OS8 + 3 ASPP heads (256 ch, rates 12/24/36), batch {args.batch}, {args.size}x{args.size}"
-    print(f"# paper model: {model}, CPU")
-
-    batch = make_batch(args.batch, args.size, 0)
-    dense = build_model(PAPER_MODEL, SPECS)
-    sparse = build_model(PAPER_MODEL, SPECS)
-    sparse.load_state_dict(dense.state_dict())
-    adamw = torch.optim.AdamW(dense.parameters(), lr=LR, eps=EPS, weight_decay=0.1)
-    structure = input_channels(sparse, ["encoder.*"])
-    prox_adamw = ProxAdamW(regularized_param_groups(sparse, structure, args.lam), lr=LR, eps=EPS, weight_decay=0.1)
-    for _ in range(args.warmup):
-        train_step(dense, adamw, batch)
-        train_step(sparse, prox_adamw, batch)
-    # interleave so drifts in machine load hit both alike
-    t_adamw, t_prox = [], []
-    for _ in range(args.steps):
-        t_adamw += time_steps(dense, adamw, batch, 1)
-        t_prox += time_steps(sparse, prox_adamw, batch, 1)
-    step_rows = [
-        ("AdamW step (median)", f"{statistics.median(t_adamw):.3f} s  (spread {min(t_adamw):.3f}-{max(t_adamw):.3f})"),
-        ("ProxAdamW step (median)", f"{statistics.median(t_prox):.3f} s  (spread {min(t_prox):.3f}-{max(t_prox):.3f})"),
-        ("ProxAdamW / AdamW", f"{statistics.median(t_prox) / statistics.median(t_adamw):.3f}  (target <= 1.10)"),
-    ]
-    prox_rows = prox_benchmark(sparse, prox_adamw, args.lam, repeats=3)
-    width = max(len(k) for k, _ in prox_rows + step_rows)
-    print(f"\n{'measure':<{width}}  value\n{'-' * width}  {'-' * 40}")
-    for key, value in prox_rows + step_rows:
-        print(f"{key:<{width}}  {value}")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"# {platform.machine()} | {name} | {torch.get_num_threads()} torch threads | torch {torch.__version__}")
+    print(f"# lambda {args.lam:g}, lr {LR:g}, eps {EPS:g}, input-channel groups of the encoder's convs")
+    rows = [row for encoder in args.encoders for row in encoder_rows(encoder, args, device)]
+    rows += training_rows(args, device)
+    print(format_table(["model", "measure", "value"], rows))
 
 
 if __name__ == "__main__":

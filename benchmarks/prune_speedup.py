@@ -2,13 +2,21 @@
 
 The paper model (resnet50d, output stride 8, three DeepLabV3 heads) at 128x128 on CPU gets a
 given share of its encoder's sparsity groups set to exactly zero (random groups, fixed seed),
-under the `coupled` grouping (every zero group is a removable channel) and under the seed's
-`input_channels` grouping (a zero group is removable only when every reader of the channel is
-zero). Each model is pruned with `prune_model` (verified against the unpruned model), BN is
-folded into the convs of every model compared, and we report: MAC and parameter reduction,
-measured latency speed-up at batch 1 and 8, and speed-up divided by MAC reduction.
+under the `coupled` grouping (every zero group is a removable channel) and, on request, under the
+seed's `input_channels` grouping (a zero group is removable only when every reader of the channel
+is zero). Each sparse model is pruned with `prune_model` (verified against the unpruned model) once
+per `--round-to` N (every cut width a multiple of N: a few zero channels kept so vector units and
+GEMM tiles are used fully), BN is folded into the convs of every model compared, and every model
+is timed in each `--formats` memory format (contiguous NCHW, channels_last NHWC), both formats of
+one model and batch back to back. We report per level, N and format: MAC and parameter reduction,
+latency at each batch size, the speed-up over the dense model in the same format, and speed-up
+divided by MAC reduction (1.0: the MAC reduction is reached in full).
 
-Usage: python benchmarks/prune_speedup.py [--levels 0 30 50 70 90] [--min-run-time 2] [--threads 2]
+Usage: python benchmarks/prune_speedup.py [--levels 30 50 70 90] [--round-to 1 8 16]
+       [--formats contiguous channels_last] [--groupings coupled] [--batches 1 8]
+       [--min-run-time 1] [--threads 2] [--json out.json]
+Defaults take roughly 10 minutes on 2 idle CPU threads (about half of it pruning and BN folding);
+a quick check of the script: --levels 50 --round-to 1 8 --min-run-time 0.2.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from sparsemtl.pruning import prune_model
 from sparsemtl.reporting import format_table
 from sparsemtl.sparsity import build_grouping
 
-BATCHES = (1, 8)
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def sparsified(model: torch.nn.Module, grouping: str, level: float, seed: int) -> torch.nn.Module:
@@ -44,60 +52,99 @@ def sparsified(model: torch.nn.Module, grouping: str, level: float, seed: int) -
     return copy_
 
 
-def latencies(model: torch.nn.Module, size: tuple[int, int], threads: int, min_run_time: float) -> dict[int, float]:
+def latencies(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, dict[int, float]]:
+    """Median seconds per forward of the BN-folded ``model``: {format: {batch: seconds}}; per
+    batch, every format is timed right after the other."""
+    size = (args.size, args.size)
     folded = fold_batchnorm(model, torch.rand(1, 3, *size))
-    return {b: measure_latency(folded, size, b, "cpu", threads, min_run_time).median for b in BATCHES}
+    copies = {fmt: copy.deepcopy(folded).to(memory_format=FORMATS[fmt]) for fmt in args.formats}
+    result: dict[str, dict[int, float]] = {fmt: {} for fmt in args.formats}
+    for batch in args.batches:
+        for fmt, net in copies.items():
+            lat = measure_latency(
+                net, size, batch, "cpu", args.threads, args.min_run_time, channels_last=fmt == "channels_last"
+            )
+            result[fmt][batch] = lat.median
+    return result
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=float, nargs="+", default=[30, 50, 70, 90], help="%% zero groups")
+    parser.add_argument("--groupings", nargs="+", default=["coupled"], choices=("coupled", "input_channels"))
+    parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8, 16], help="prune_model round_to values")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=tuple(FORMATS), help="memory formats")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model, batch, format")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
+    if min(args.round_to) < 1 or min(args.batches) < 1:
+        parser.error("--round-to and --batches take integers >= 1")
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", type=float, nargs="+", default=[0, 30, 50, 70, 90], help="%% zero groups")
-    parser.add_argument("--groupings", nargs="+", default=["coupled", "input_channels"])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per model and batch")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
-    args = parser.parse_args()
+    args = parse_args()
     torch.manual_seed(0)
     size = (args.size, args.size)
     machine = describe_machine()
     print(f"# {format_machine(machine)}")
-    print(f"# paper model resnet50d OS8 + 3 ASPP heads, {args.size}x{args.size}, CPU, BN folded, medians")
+    print(
+        f"# paper model resnet50d OS8 + 3 ASPP heads, {args.size}x{args.size}, CPU, {args.threads} threads, "
+        "BN folded, medians; speed-up vs the dense model in the same memory format"
+    )
 
     dense = build_model(PAPER_MODEL, SPECS).eval()
-    base = latencies(dense, size, args.threads, args.min_run_time)
+    base = latencies(dense, args)
     rows, records = [], []
     for grouping in args.groupings:
         for level in args.levels:
-            result = prune_model(sparsified(dense, grouping, level, seed=int(level)), torch.rand(1, 3, *size))
-            lat = latencies(result.model, size, args.threads, args.min_run_time)
-            mac_red = result.macs_before / result.macs_after
-            speed = {b: base[b] / lat[b] for b in BATCHES}
-            record = {
-                "grouping": grouping,
-                "zero_groups_pct": level,
-                "removed_channels": result.removed_channels,
-                "mac_reduction": mac_red,
-                "param_reduction": result.params_before / result.params_after,
-                **{f"latency_ms_b{b}": 1e3 * lat[b] for b in BATCHES},
-                **{f"speedup_b{b}": speed[b] for b in BATCHES},
-                **{f"speedup_over_mac_b{b}": speed[b] / mac_red for b in BATCHES},
-            }
-            records.append(record)
-            rows.append(
-                [grouping, f"{level:g}%", result.removed_channels, mac_red, record["param_reduction"]]
-                + [f"{1e3 * lat[b]:.1f}" for b in BATCHES]
-                + [speed[b] for b in BATCHES]
-                + [speed[b] / mac_red for b in BATCHES]
-            )
-            print(f"  done {grouping} {level:g}%", flush=True)
-    headers = ["grouping", "zero groups", "channels cut", "MAC red.", "param red."]
-    headers += [f"ms b{b}" for b in BATCHES] + [f"speed-up b{b}" for b in BATCHES]
-    headers += [f"speed-up/MAC b{b}" for b in BATCHES]
-    print(f"\ndense (BN folded): {', '.join(f'b{b} {1e3 * base[b]:.1f} ms' for b in BATCHES)}")
+            sparse = sparsified(dense, grouping, level, seed=int(level))
+            for round_to in args.round_to:
+                result = prune_model(sparse, torch.rand(1, 3, *size), round_to=round_to)
+                lat = latencies(result.model, args)
+                mac_red = result.macs_before / result.macs_after
+                param_red = result.params_before / result.params_after
+                for fmt in args.formats:
+                    speed = {b: base[fmt][b] / lat[fmt][b] for b in args.batches}
+                    records.append(
+                        {
+                            "grouping": grouping,
+                            "zero_groups_pct": level,
+                            "round_to": round_to,
+                            "memory_format": fmt,
+                            "removed_channels": result.removed_channels,
+                            "kept_for_rounding": result.kept_for_rounding,
+                            "mac_reduction": mac_red,
+                            "param_reduction": param_red,
+                            **{f"latency_ms_b{b}": 1e3 * lat[fmt][b] for b in args.batches},
+                            **{f"speedup_b{b}": speed[b] for b in args.batches},
+                            **{f"speedup_over_mac_b{b}": speed[b] / mac_red for b in args.batches},
+                            **{
+                                f"speedup_vs_dense_contiguous_b{b}": base["contiguous"][b] / lat[fmt][b]
+                                for b in args.batches
+                                if "contiguous" in base
+                            },
+                        }
+                    )
+                    rows.append(
+                        [grouping, f"{level:g}%", round_to, fmt, result.removed_channels, mac_red, param_red]
+                        + [f"{1e3 * lat[fmt][b]:.1f}" for b in args.batches]
+                        + [speed[b] for b in args.batches]
+                        + [speed[b] / mac_red for b in args.batches]
+                    )
+                print(f"  done {grouping} {level:g}% round_to {round_to}", flush=True)
+    headers = ["grouping", "zero groups", "round-to", "format", "channels cut", "MAC red.", "param red."]
+    headers += [f"ms b{b}" for b in args.batches] + [f"speed-up b{b}" for b in args.batches]
+    headers += [f"speed-up/MAC b{b}" for b in args.batches]
+    for fmt in args.formats:
+        print(f"\ndense (BN folded, {fmt}): {', '.join(f'b{b} {1e3 * base[fmt][b]:.1f} ms' for b in args.batches)}")
     print(format_table(headers, rows))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "dense_ms": base, "rows": records}, indent=2))
+        dense_ms = {fmt: {b: 1e3 * s for b, s in by_batch.items()} for fmt, by_batch in base.items()}
+        args.json.write_text(json.dumps({"machine": machine, "dense_ms": dense_ms, "rows": records}, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ def bench_command(
     threads: int | None,
     min_run_time: float,
     json_path: str | None,
+    channels_last: bool = False,
 ) -> str:
-    """Benchmark every model (the first is the baseline), return the table, optionally write JSON."""
+    """Benchmark every model (the first is the baseline), return the table, optionally write JSON;
+    ``channels_last`` runs models and inputs in that memory format."""
     bad = [b for b in batches if b < 1]
     if bad:
         raise ConfigError(f"argument --batch: expected batch sizes >= 1, got {bad[0]}")
@@ -35,7 +37,7 @@ def bench_command(
     opened = [open_model(m) for m in models]
     input_size = tuple(size) if size else tuple(opened[0].config.data.image_size)
     loaded = {str(m): f.model.eval() for m, f in zip(models, opened)}  # benchmark_models moves folded copies
-    results = benchmark_models(loaded, input_size, batches, str(target), threads, min_run_time)
+    results = benchmark_models(loaded, input_size, batches, str(target), threads, min_run_time, channels_last)
     machine = describe_machine(str(target))
     if json_path:
         atomic_write_json(Path(json_path), {"machine": machine, "results": [r.to_dict() for r in results]})

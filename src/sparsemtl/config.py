@@ -60,6 +60,32 @@ class ModelConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """What the pruned model must cost by ``sparsity.budget_epochs``: exactly one of ``macs`` or
+    ``params`` (fractions of the dense model's) or ``latency_ms`` (milliseconds per forward at
+    ``batch`` on ``device`` with ``threads`` CPU threads, 0 = torch's current count)."""
+
+    macs: float | None = None
+    params: float | None = None
+    latency_ms: float | None = None
+    batch: int = 1
+    device: str = "cpu"
+    threads: int = 0
+
+    @property
+    def kind(self) -> str:
+        """Which budget is set: ``macs``, ``params`` or ``latency_ms``."""
+        return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> float:
+        return float(getattr(self, self.kind))
+
+
+BUDGET_KINDS = ("macs", "params", "latency_ms")
+
+
+@dataclass
 class SparsityConfig:
     """Group-sparsity regulariser on the shared encoder, applied as a proximal step."""
 
@@ -72,6 +98,8 @@ class SparsityConfig:
     warmup_epochs: int = 0
     ramp_epochs: int = 0
     prox_metric: Literal["corrected", "reference"] = "corrected"
+    budget: BudgetConfig | None = None
+    budget_epochs: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -128,6 +156,8 @@ class TrainConfig:
     out_dir: str = "runs"
     name: str | None = None
     baselines: dict[str, str] = field(default_factory=dict)
+    checkpoint_every: int = 1  # write last.pt every N epochs (and always after the last one)
+    async_checkpoint: bool = False  # write checkpoints in a background thread from a CPU copy
 
 
 @dataclass
@@ -171,6 +201,15 @@ _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "sparsity.warmup_epochs": (lambda v: v >= 0, "an integer >= 0"),
     "sparsity.ramp_epochs": (lambda v: v >= 0, "an integer >= 0"),
     "sparsity.mcp_gamma": (lambda v: v > 0.0, "a number > 0"),
+    "sparsity.budget_epochs": (lambda v: v >= 0, "an integer >= 0 (0 = half of train.epochs)"),
+    "sparsity.budget.macs": (lambda v: v is None or 0.0 < v < 1.0, "a fraction of the dense model's MACs in (0, 1)"),
+    "sparsity.budget.params": (
+        lambda v: v is None or 0.0 < v < 1.0,
+        "a fraction of the dense model's parameters in (0, 1)",
+    ),
+    "sparsity.budget.latency_ms": (lambda v: v is None or v > 0.0, "a number of milliseconds > 0"),
+    "sparsity.budget.batch": (lambda v: v >= 1, "an integer >= 1"),
+    "sparsity.budget.threads": (lambda v: v >= 0, "an integer >= 0 (0 = torch's current count)"),
     "sparsity.modules": (lambda v: len(v) >= 1, "a non-empty list of module-name patterns"),
     "optim.lr": (lambda v: v > 0.0, "a number > 0"),
     "optim.weight_decay": (lambda v: v >= 0.0, "a number >= 0"),
@@ -185,6 +224,7 @@ _CONSTRAINTS: dict[str, tuple[Any, str]] = {
     "train.patience": (lambda v: v >= 0, "an integer >= 0 (0 disables early stopping)"),
     "train.task_patience": (lambda v: v >= 0, "an integer >= 0 (0 disables per-task early stopping)"),
     "train.grad_clip": (lambda v: v >= 0.0, "a number >= 0 (0 disables clipping)"),
+    "train.checkpoint_every": (lambda v: v >= 1, "an integer >= 1 (write last.pt every N epochs)"),
     "tasks": (lambda v: len(v) >= 1 and len(set(v)) == len(v), "a non-empty list of distinct task names"),
 }
 
@@ -238,6 +278,9 @@ def convert_value(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             if type(None) in args:
                 return None
+        settings = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(settings) == 1:  # its own key errors name the inner key
+            return convert_value(value, settings[0], key)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return convert_value(value, arg, key)
@@ -335,10 +378,41 @@ def _check_combinations(cfg: Config) -> None:
             f"config key 'sparsity.lam': {sp.lam:g} has no effect with sparsity.penalty=none; "
             "set sparsity.penalty=group_lasso (or group_mcp) for a sparse run, or sparsity.lam=0 for a dense one"
         )
+    if sp.budget is not None:
+        _check_budget(cfg)
     if cfg.loss.weights and cfg.loss.weighting != "fixed":
         raise ConfigError("config key 'loss.weights': only used with loss.weighting=fixed")
     if cfg.train.name is not None:
         check_run_name(cfg.train.name)
+
+
+def _check_budget(cfg: Config) -> None:
+    sp, budget = cfg.sparsity, cfg.sparsity.budget
+    given = [k for k in BUDGET_KINDS if getattr(budget, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"config key 'sparsity.budget': expected exactly one of {', '.join(BUDGET_KINDS)}, "
+            f"got {', '.join(given) if given else 'none'}"
+        )
+    if not sp.enabled:
+        raise ConfigError(
+            "config key 'sparsity.lam': a budget needs a sparse run; set sparsity.penalty=group_lasso (or group_mcp) "
+            "and sparsity.lam > 0 (the controller's starting lambda)"
+        )
+    if sp.ramp_epochs:
+        raise ConfigError("config key 'sparsity.ramp_epochs': the budget controller sets lambda itself; use 0")
+    deadline = budget_deadline(cfg)
+    if not sp.warmup_epochs < deadline <= cfg.train.epochs:
+        raise ConfigError(
+            f"config key 'sparsity.budget_epochs': expected an epoch after sparsity.warmup_epochs "
+            f"({sp.warmup_epochs}) and at most train.epochs ({cfg.train.epochs}), got {deadline}"
+        )
+
+
+def budget_deadline(cfg: Config) -> int:
+    """The epoch by whose end the budget is met and held (``sparsity.budget_epochs``; 0: half
+    of ``train.epochs``, at least 1)."""
+    return cfg.sparsity.budget_epochs or max(1, cfg.train.epochs // 2)
 
 
 def check_run_name(name: str) -> None:

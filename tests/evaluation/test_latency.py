@@ -91,6 +91,49 @@ def test_benchmark_models_rows_and_table() -> None:
     json.dumps([r.to_dict() for r in results])
 
 
+#: (input channels-last, conv weight channels-last) of every forward of a FormatProbe
+SEEN: list[tuple[bool, bool]] = []
+
+
+class FormatProbe(nn.Module):
+    """conv, BN, ReLU, conv that records the memory format its first conv sees (the record is
+    module-level, so deep copies such as the BN-folded one write to it too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_cnn()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        conv = self.body[0]
+        SEEN.append((x.is_contiguous(memory_format=torch.channels_last), _channels_last(conv.weight)))
+        return {"out": self.body(x)}
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_measure_latency_feeds_the_input_in_the_asked_memory_format(channels_last: bool) -> None:
+    SEEN.clear()
+    result = measure_latency(FormatProbe().eval(), (16, 16), 2, min_run_time=FAST, channels_last=channels_last)
+    assert result.channels_last is channels_last and result.to_dict()["channels_last"] is channels_last
+    assert SEEN and {seen[0] for seen in SEEN} == {channels_last}
+
+
+def test_benchmark_models_runs_a_channels_last_copy_and_leaves_the_model_alone() -> None:
+    model = FormatProbe().eval()
+    results = benchmark_models({"probe": model}, (16, 16), batch_sizes=(1, 2), min_run_time=FAST, channels_last=True)
+    assert SEEN[-1] == (True, True)  # the timed forwards: input and folded weights channels-last
+    assert [lat.channels_last for lat in results[0].latencies] == [True, True]
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert "BN folded, channels_last" in format_bench_table(results, describe_machine())
+    SEEN.clear()
+    contiguous = benchmark_models({"probe": model}, (16, 16), batch_sizes=(1,), min_run_time=FAST)
+    assert SEEN[-1] == (False, False) and not contiguous[0].latencies[0].channels_last
+    assert "channels_last" not in format_bench_table(contiguous, describe_machine())
+
+
 def test_describe_machine() -> None:
     info = describe_machine()
     assert {"cpu", "logical_cores", "torch_threads", "torch_version", "os"} <= info.keys()

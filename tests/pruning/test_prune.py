@@ -239,7 +239,7 @@ def test_cli_passes_the_verify_dtype_and_rejects_others(monkeypatch, tmp_path, c
         def format_table(self) -> str:
             return "table"
 
-    def fake_prune_run(source, out, input_size=None, onnx=False, verify_dtype=None):
+    def fake_prune_run(source, out, input_size=None, onnx=False, verify_dtype=None, round_to=1):
         seen["dtype"] = verify_dtype
         return Result()
 

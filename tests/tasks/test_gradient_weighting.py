@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparsemtl.runs.run_dir import TIME_FIELDS
 from sparsemtl.tasks.weighting import DynamicWeightAverage, PCGrad, build_weighting
 from sparsemtl.training import RunInterrupted, Trainer, resume, train
 
@@ -182,8 +183,8 @@ def test_dwa_training_run_follows_the_rule_and_resumes_exactly(tiny_config, monk
         train(tiny_config(*common, "train.name=cut"))
     monkeypatch.undo()
     assert resume(out / "cut").resumed == 1
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in records(out / "cut")]
+    strip = [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records(out / "cut")]
     ref, cut = (json.loads((out / n / "summary.json").read_text()) for n in ("ref", "cut"))
     assert ref["test"] == cut["test"] and ref["val"] == cut["val"]
 

@@ -8,7 +8,9 @@ chosen point of the training loop, every time:
 
 * ``none``: no fault (a plain run with the same thread count as the others)
 * ``step:EPOCH:STEP[:SIGNAL]``: send SIGNAL (``KILL`` by default, or ``TERM``) to itself when
-  training step STEP (0-based) of EPOCH starts, i.e. after STEP optimiser steps of that epoch
+  training step STEP (0-based) of EPOCH starts, i.e. after STEP optimiser steps of that epoch,
+  once a checkpoint being written in the background (``train.async_checkpoint``) is on disk, so
+  the run's last complete checkpoint is known (a kill during that write is the ``save`` fault)
 * ``save:KIND:EPOCH:FRACTION``: while writing the checkpoint KIND (``last`` or ``best``) of
   EPOCH, write the first FRACTION of its bytes to the file being written, fsync, then SIGKILL
 * ``evaluate:SPLIT``: SIGKILL when the evaluation of SPLIT starts (``test``: after the last
@@ -47,6 +49,7 @@ def _at_step(epoch: int, step: int, signum: int) -> None:
         index = calls.get(current, 0)
         calls[current] = index + 1
         if current == epoch and index == step:
+            self.checkpointing.writer.join()
             _die(signum)
         return original(self, batch)
 

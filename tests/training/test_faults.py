@@ -25,6 +25,7 @@ from sparsemtl.cli import main
 from sparsemtl.config import load_config
 from sparsemtl.runs import load_checkpoint
 from sparsemtl.runs.files import TEMP_PREFIX
+from sparsemtl.runs.run_dir import TIME_FIELDS
 from sparsemtl.training import RunInterrupted, Trainer, train
 from tests.conftest import TINY
 
@@ -70,7 +71,7 @@ def temps_in(run: Path) -> list[str]:
 
 def without_seconds(run: Path) -> list[dict[str, Any]]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIME_FIELDS} for line in lines]
 
 
 def assert_tensors_equal(a: Any, b: Any, where: str) -> None:

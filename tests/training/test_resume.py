@@ -8,6 +8,7 @@ import torch
 from sparsemtl.cli import main
 from sparsemtl.errors import RunError
 from sparsemtl.runs import load_checkpoint
+from sparsemtl.runs.run_dir import TIME_FIELDS
 from sparsemtl.training import RunInterrupted, Trainer, resume, train
 
 SPARSE = ["sparsity.penalty=group_lasso", "sparsity.lam=0.05", "optim.lr=0.003", "train.deterministic=true"]
@@ -53,8 +54,8 @@ def assert_same_run(a, b):
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     ma = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in ma]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in mb]
+    strip = [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in ma]
+    assert strip == [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in mb]
 
 
 def test_interrupted_mid_epoch_resumes_to_the_same_metrics_and_zero_groups(tiny_config, reference, monkeypatch):

@@ -5,6 +5,8 @@ Settings follow the README ("Shrinking: physical pruning and honest measurement"
 every block), ``inference_mode``, a fixed thread count, warm-up runs first, batch 1 and batch N,
 and the median with the interquartile range rather than a mean that one descheduled block can
 move. Every compared model is BN-folded, so BatchNorm passes do not blur the comparison.
+Optionally models and inputs run in ``torch.channels_last`` memory format, which many CPU and GPU
+convolution kernels prefer; the format is recorded with every measurement.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class LatencyResult:
     batch: int
     device: str
     threads: int
+    channels_last: bool = False
 
     @property
     def iqr(self) -> float:
@@ -78,16 +81,22 @@ def measure_latency(
     threads: int | None = None,
     min_run_time: float = 1.0,
     warmup: int = 3,
+    channels_last: bool = False,
 ) -> LatencyResult:
     """Time eval-mode forwards of ``model`` (already on ``device``) on a random
     ``(batch_size, 3, H, W)`` input.
 
     ``threads`` (default: the current count) is fixed for warm-up and timing; the thread count
-    and every module's training flag are restored afterwards.
+    and every module's training flag are restored afterwards. ``channels_last`` makes the input
+    channels-last; the model must have been converted by the caller
+    (``model.to(memory_format=torch.channels_last)``, as :func:`benchmark_models` does), since
+    converting it here would change the caller's model in place.
     """
     device = _checked_device(model, device)
     threads = threads or torch.get_num_threads()
     x = torch.rand(batch_size, 3, *input_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
     with _fixed_threads(threads), _eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
@@ -101,7 +110,15 @@ def measure_latency(
         .tolist()
     )
     return LatencyResult(
-        median, p25, p75, len(measurement.times), measurement.number_per_run, batch_size, str(device), threads
+        median,
+        p25,
+        p75,
+        len(measurement.times),
+        measurement.number_per_run,
+        batch_size,
+        str(device),
+        threads,
+        channels_last,
     )
 
 
@@ -112,16 +129,20 @@ def benchmark_models(
     device: str | torch.device = "cpu",
     threads: int | None = None,
     min_run_time: float = 1.0,
+    channels_last: bool = False,
 ) -> list[BenchResult]:
     """Params and MACs (batch 1) of each model as given, latency of its BN-folded copy per batch
-    size. The first model is the baseline of :func:`format_bench_table`."""
+    size (copy and inputs channels-last with ``channels_last``). The first model is the baseline
+    of :func:`format_bench_table`."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     results = []
     for name, model in models.items():
         result = BenchResult(name, count_parameters(model), count_macs(model, input_size, 1), tuple(input_size))
         trace_input = torch.rand(1, 3, *input_size)
-        folded = fold_batchnorm(model, trace_input).to(device)
+        folded = fold_batchnorm(model, trace_input).to(device, memory_format=memory_format)
         for batch in batch_sizes:
-            result.latencies.append(measure_latency(folded, input_size, batch, device, threads, min_run_time))
+            lat = measure_latency(folded, input_size, batch, device, threads, min_run_time, channels_last=channels_last)
+            result.latencies.append(lat)
         results.append(result)
     return results
 
@@ -155,7 +176,8 @@ def format_bench_table(results: Sequence[BenchResult], machine: dict[str, Any]) 
     if results and results[0].latencies:
         first = results[0].latencies[0]
         h, w = results[0].input_size
-        settings = f"\ninput {h}x{w}, device {first.device}, {first.threads} threads, BN folded"
+        layout = ", channels_last" if first.channels_last else ""
+        settings = f"\ninput {h}x{w}, device {first.device}, {first.threads} threads, BN folded{layout}"
     return format_machine(machine) + settings + "\n" + format_table(BENCH_HEADERS, bench_rows(results))
 
 

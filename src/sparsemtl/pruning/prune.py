@@ -33,16 +33,11 @@ from ..models.widths import WIDTH_TYPES, changed_widths, layer_widths
 from ..runs import atomic_write_json, open_model, save_pruned
 from ..runs.model_file import without_pretrained
 from ..sparsity import build_grouping
-from ..sparsity.channels import (
-    ChannelRemovability,
-    ChannelSet,
-    graph_channel_sets,
-    is_grouped_conv,
-    removable_channels,
-)
+from ..sparsity.channels import ChannelSet, graph_channel_sets, is_grouped_conv, removable_channels
 from ..sparsity.groupings import matching_convs
 from ..tables import format_table
 from .export import export_onnx
+from .rounding import check_round_to, cut_mask
 
 
 @dataclass
@@ -64,6 +59,8 @@ class PruneResult:
     max_relative_error: dict[str, float] = field(default_factory=dict)
     kept_zero: dict[str, dict[str, Any]] = field(default_factory=dict)
     verify_dtype: str = "float32"
+    round_to: int = 1
+    kept_for_rounding: int = 0
 
     def changed_widths(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
         """Layers whose shape changed: name -> (before, after)."""
@@ -80,6 +77,8 @@ class PruneResult:
             "removable_channels": self.removable_channels,
             "removed_channels": self.removed_channels,
             "kept_dead_channels": self.kept_dead_channels,
+            "round_to": self.round_to,
+            "kept_for_rounding": self.kept_for_rounding,
             "zero_groups": dict(self.zero_groups),
             "max_relative_error": dict(self.max_relative_error),
             "verify_dtype": self.verify_dtype,
@@ -112,6 +111,11 @@ class PruneResult:
             z = self.zero_groups
             found = f"\nzero groups found: {z['zero']:,} of {z['groups']:,} ({z['grouping']} grouping)"
         note = "(last column of 'channels removed': dead channels kept, one per dead set)"
+        if self.round_to > 1:
+            note += (
+                f"\nround_to {self.round_to}: {self.kept_for_rounding:,} more zero channels kept "
+                f"so every cut width is a multiple of {self.round_to}"
+            )
         kept = ""
         if self.kept_zero:
             rows = [[name, k["channels"], "; ".join(k["reasons"])] for name, k in self.kept_zero.items()]
@@ -228,12 +232,6 @@ def verify_pruned(
     return {name: e.relative for name, e in errors.items()}
 
 
-def channels_to_cut(removability: ChannelRemovability) -> torch.Tensor:
-    """Set channels to remove; of an all-dead set the first channel stays, so shapes stay valid."""
-    cut = removability.mask.nonzero().squeeze(1)
-    return cut[1:] if removability.all_removable else cut
-
-
 def root_indices(cset: ChannelSet, channels: torch.Tensor) -> list[int]:
     """Output indices of the set's root conv holding ``channels`` (original numbering)."""
     weight = next(w for w in cset.writers if w.name == f"{cset.name}.weight" and w.dim == 0)
@@ -326,14 +324,18 @@ def prune_model(
     check_inputs: Sequence[torch.Tensor] = (),
     rtol: float = 1e-5,
     verify_dtype: torch.dtype | None = None,
+    round_to: int = 1,
 ) -> PruneResult:
     """Cut every exactly removable channel of a copy of ``model``, then verify the copy.
 
     ``example_inputs`` fixes the tracing shape (default 1x3x64x64 random); ``input_size`` the
-    MAC count (default: the example's). Verification (:func:`verify_pruned`, in
+    MAC count (default: the example's). With ``round_to > 1`` each channel set keeps just enough
+    zero channels that its cut width is a multiple of ``round_to`` (or stays whole, see
+    :mod:`sparsemtl.pruning.rounding`). Verification (:func:`verify_pruned`, in
     ``verify_dtype`` when given) runs on two random batches plus ``check_inputs``; a mismatch
     raises :class:`PruningVerificationError`.
     """
+    round_to = check_round_to(round_to)
     x = _example_input(model, example_inputs)
     size = tuple(input_size or x.shape[-2:])
     original = model
@@ -343,11 +345,12 @@ def prune_model(
     sets = graph_channel_sets(graph, patterns)
     found = removable_channels(pruned, sets)
     survivors: dict[nn.Module, list[int]] = {}
-    removed = 0
+    removed = rounding = 0
     for cset, removability in zip(sets, found):
-        cut = channels_to_cut(removability)
-        if cut.numel():
-            removed += _cut_set(graph.dependency, cset.name, root_indices(cset, cut), survivors)
+        cut = cut_mask(removability, cset.conv_groups, round_to)
+        rounding += removability.removable - removability.all_removable - int(cut.sum())
+        if cut.any():
+            removed += _cut_set(graph.dependency, cset.name, root_indices(cset, cut.nonzero().squeeze(1)), survivors)
     randoms = [torch.rand(2, *x.shape[1:], dtype=x.dtype, device=x.device) for _ in range(2)]
     errors = verify_pruned(original, pruned, [*randoms, *check_inputs], rtol, verify_dtype)
     kept = {r.name: {"channels": r.kept_zero, "reasons": list(r.reasons)} for r in found if r.kept_zero}
@@ -366,6 +369,8 @@ def prune_model(
         max_relative_error=errors,
         kept_zero=kept,
         verify_dtype=str(verify_dtype or x.dtype).removeprefix("torch."),
+        round_to=round_to,
+        kept_for_rounding=rounding,
     )
 
 
@@ -381,14 +386,17 @@ def prune_run(
     input_size: tuple[int, int] | None = None,
     onnx: bool = False,
     verify_dtype: torch.dtype | None = None,
+    round_to: int = 1,
 ) -> PruneResult:
     """Prune a trained run (or a saved pruned model) and write ``out_path``, its JSON report
     (``.json`` next to it) and, with ``onnx``, an ``.onnx`` export.
 
     Verified on random inputs and on a batch of the run's own validation images; ``input_size``
     (default: the configured image size) is used for tracing, MACs and the export;
-    ``verify_dtype`` (e.g. float64) is the dtype the verification runs both models in.
+    ``verify_dtype`` (e.g. float64) is the dtype the verification runs both models in;
+    ``round_to`` rounds every cut width to its multiples (see :func:`prune_model`).
     """
+    round_to = check_round_to(round_to)  # before the model is read
     source = open_model(run_dir_or_checkpoint)
     model, config, specs = source.model, source.config, source.specs
     size = tuple(input_size or config.data.image_size)
@@ -398,6 +406,7 @@ def prune_run(
         input_size=size,
         check_inputs=[validation_images(config)],
         verify_dtype=verify_dtype,
+        round_to=round_to,
     )
     structure = build_grouping(config.sparsity.grouping, model, config.sparsity.modules)
     zero = int((structure.group_max_abs() == 0).sum())

@@ -71,6 +71,12 @@ def _disk_full(exc: BaseException) -> OSError | None:
     return None
 
 
+def replace_durably(source: str | Path, target: str | Path) -> None:
+    """Rename ``source`` over ``target`` (same folder) and make the rename survive a power cut."""
+    os.replace(source, target)
+    _fsync_dir(Path(target).parent)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode()))
 

@@ -7,15 +7,19 @@ Layout (documented for users in the README, "Run directory"):
 ``metrics.jsonl``     one JSON line per completed epoch
 ``splits.json``       sample ids of every split (datasets read from files)
 ``data_check.json``   the pre-flight data check (samples per split, bad samples)
-``last.pt``           full training state after the last completed epoch (for ``--resume``)
+``last.pt``           full training state after the last committed epoch (for ``--resume``)
 ``best.pt``           model chosen on the validation monitor (weights, config, task specs)
+``best.pending.pt``   a better model found between two ``last.pt`` writes, staged until the next
+                      (``train.checkpoint_every`` > 1): it becomes ``best.pt`` right after it
 ``summary.json``      written once, when the run has finished: test/val metrics, sparsity, ...
 ``.lock``             held (``flock``) by the process writing the run; released when it dies
 ====================  =====================================================================
 
 A run directory is created with one atomic ``mkdir``: two processes can never share one. A run
 with ``summary.json`` is finished; one without it was interrupted and can be resumed from
-``last.pt``.
+``last.pt``. ``best.pt`` always matches the best epoch that ``last.pt`` records (or that epoch
+is ``last.pt``'s own and is re-derived from it), which is why an improvement between two
+``last.pt`` writes is staged in ``best.pending.pt``: see :meth:`RunDir.settle_pending_best`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ import yaml
 
 from ..config import Config, check_run_name, config_from_dict
 from ..errors import ConfigError, RunError, one_line
-from .files import atomic_write_json, atomic_write_text, clean_stale_temps, load_checkpoint, save_checkpoint
+from .files import (
+    atomic_write_json,
+    atomic_write_text,
+    clean_stale_temps,
+    load_checkpoint,
+    replace_durably,
+    save_checkpoint,
+)
 from .summary import RunSummary
 
 CONFIG = "config.yaml"
@@ -39,8 +50,13 @@ SPLITS = "splits.json"
 DATA_CHECK = "data_check.json"
 LAST = "last.pt"
 BEST = "best.pt"
+PENDING_BEST = "best.pending.pt"
 SUMMARY = "summary.json"
 LOCK = ".lock"
+
+#: the fields of a ``metrics.jsonl`` record that are wall-clock times (they differ between two
+#: runs of the same seed; compare records without them)
+TIME_FIELDS = ("seconds", "checkpoint_s", "checkpoint_write_s")
 
 #: config keys that may differ when a run is resumed (everything else must match the run's config)
 RESUME_MAY_CHANGE = (
@@ -49,6 +65,8 @@ RESUME_MAY_CHANGE = (
     "train.progress",
     "train.loggers",
     "train.device",
+    "train.checkpoint_every",
+    "train.async_checkpoint",
     "data.root",
     "data.num_workers",
     "data.eval_batch_size",
@@ -196,6 +214,22 @@ class RunDir:
     # ------------------------------------------------------------------ checkpoints and summaries
     def save_checkpoint(self, name: str, payload: dict[str, Any]) -> None:
         save_checkpoint(payload, self.path / name)
+
+    def promote_pending_best(self) -> None:
+        """``best.pending.pt`` becomes ``best.pt``: called once the ``last.pt`` that records
+        its epoch as the best one is on disk."""
+        replace_durably(self.path / PENDING_BEST, self.path / BEST)
+
+    def settle_pending_best(self, best_epoch: int) -> None:
+        """On resume: a staged ``best.pending.pt`` of the epoch ``last.pt`` names as the best is
+        promoted (the crash came between ``last.pt`` and the rename); one of any other epoch
+        belongs to epochs after ``last.pt``, which the resumed run trains again, and is removed."""
+        if not self.has(PENDING_BEST):
+            return
+        if self.load_checkpoint(PENDING_BEST)["epoch"] == best_epoch:
+            self.promote_pending_best()
+        else:
+            self.remove(PENDING_BEST)
 
     def load_checkpoint(self, name: str, map_location: Any = "cpu") -> dict[str, Any]:
         return load_checkpoint(self.path / name, map_location)

@@ -25,6 +25,7 @@ class RunSummary:
     parameters: dict[str, Any]
     train_seconds: float
     device: str
+    timing: dict[str, float] = field(default_factory=dict)  # checkpoint_s (loop blocked), checkpoint_write_s
     world_size: int = 1
     frozen_tasks: list[str] = field(default_factory=list)
     resumed: int = 0

@@ -526,13 +526,13 @@ def removable_channels(model: nn.Module, sets: list[ChannelSet]) -> list[Channel
         if s.blocked:
             mask, reasons = torch.zeros_like(zero), s.blocked
         else:
-            mask, reasons = _balanced(zero, s.conv_groups)
+            mask, reasons = balanced_mask(zero, s.conv_groups)
         kept = reasons if bool((zero & ~mask).any()) else ()
         result.append(ChannelRemovability(s.name, s.channels, mask, zero, kept))
     return result
 
 
-def _balanced(mask: torch.Tensor, conv_groups: Sequence[ConvGroups]) -> tuple[torch.Tensor, tuple[str, ...]]:
+def balanced_mask(mask: torch.Tensor, conv_groups: Sequence[ConvGroups]) -> tuple[torch.Tensor, tuple[str, ...]]:
     """``mask`` reduced until every grouped conv loses equally many channels per conv group and
     keeps at least one in each (the lowest-numbered zero channels of a group go first); also the
     convs that kept channels. Repeated until stable, since a set may feed several grouped convs."""

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .penalties import PENALTIES
+from .prox import AdamMetric, Precond
 from .slices import GroupSlices
 
 PROX_METRICS = ("corrected", "reference")
@@ -75,7 +76,7 @@ class _ProximalStep:
         self,
         index: int,
         group: dict[str, Any],
-        precond: list[torch.Tensor] | None,
+        precond: Precond | None,
         informed: torch.Tensor | None = None,
     ) -> None:
         """Prox of every sparsity group of ``group`` in metric ``precond`` (None: Euclidean);
@@ -155,8 +156,7 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
         for index, group in self._prox_groups():
             moments = self._second_moments(group)
             slices, _ = self._layout(index, group)
-            informed = slices.group_amax(moments) > 0
-            self._apply_prox(index, group, self._adam_metric(group, moments), informed)
+            self._apply_prox(index, group, self._adam_metric(group, moments), _informed(slices, moments))
         return loss
 
     def _second_moments(self, group: dict[str, Any]) -> list[torch.Tensor]:
@@ -165,17 +165,26 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
         key = "max_exp_avg_sq" if group["amsgrad"] else "exp_avg_sq"
         return [self.state[p][key] if key in self.state.get(p, {}) else torch.zeros_like(p) for p in group["params"]]
 
-    def _adam_metric(self, group: dict[str, Any], moments: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Fresh tensors d (the prox uses them as scratch space), per the group's ``prox_metric``."""
+    def _adam_metric(self, group: dict[str, Any], moments: list[torch.Tensor]) -> AdamMetric:
+        """d per the group's ``prox_metric``, formed by the prox one tensor at a time."""
         if group["prox_metric"] == "reference":
-            return [v.sqrt().add_(group["eps"]) for v in moments]
+            return AdamMetric(moments, [1.0] * len(moments), group["eps"])  # v / 1 is v: d = sqrt(v) + eps
         _, beta2 = group["betas"]
-        metric = []
-        for p, v in zip(group["params"], moments):
+        corrections = []
+        for p in group["params"]:
             steps = float(self.state.get(p, {}).get("step", 1.0))  # no step yet: never informed, any value
-            correction = 1.0 - beta2**steps
-            metric.append((v / correction).sqrt_().add_(group["eps"]))
-        return metric
+            corrections.append(1.0 - beta2**steps)
+        return AdamMetric(moments, corrections, group["eps"])
+
+
+def _informed(slices: GroupSlices, moments: list[torch.Tensor]) -> torch.Tensor | None:
+    """Groups with a second moment > 0 somewhere (None: all of them). A tensor whose smallest
+    moment is > 0, the usual case after its first step, settles all its groups with one cheap
+    pass; only the others need the per-group maxima."""
+    smallest = torch.stack([v.amin() if v.numel() else v.new_ones(()) for v in moments])
+    if bool((smallest > 0).all()):
+        return None
+    return slices.group_amax(moments) > 0
 
 
 def _check_metric(name: Any) -> None:

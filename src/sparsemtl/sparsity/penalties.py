@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from ..registry import Registry
-from .prox import group_lasso_prox_, group_mcp_prox_
+from .prox import Precond, group_lasso_prox_, group_mcp_prox_
 from .slices import GroupSlices
 
 
@@ -29,7 +29,7 @@ class Penalty:
         tau: torch.Tensor,
         lr: float,
         spec: dict[str, Any],
-        precond: list[torch.Tensor] | None,
+        precond: Precond | None,
         warm_starts: Callable[[], list[torch.Tensor]],
     ) -> None:
         """Replace every group by its prox with thresholds ``tau`` (= lr * lam * w_g) in the

@@ -51,7 +51,12 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """With the epoch's ``metrics.jsonl`` record. The built-in callbacks run first and commit
         the epoch (metrics line, ``last.pt``, ``best.pt``), so the loggers and yours see it
-        committed."""
+        committed, unless ``train.checkpoint_every`` skips this epoch's ``last.pt`` or
+        ``train.async_checkpoint`` writes it in the background: ``trainer.committed`` is the
+        last epoch whose ``last.pt`` is known to be on disk."""
+
+    def on_selection_restart(self, trainer: Trainer) -> None:
+        """The epochs so far are out of model selection (``trainer.restart_model_selection``)."""
 
     def on_fit_end(self, trainer: Trainer, summary: RunSummary) -> None:
         """After ``summary.json`` is written."""
@@ -134,6 +139,9 @@ class TensorBoardLog(Callback):
         self.writer.add_scalar("epoch/sparsity/zero_weight_pct", sparsity["zero_weight_pct"], step)
         self.writer.add_image("sparsity/per_layer_zero_groups", trainer.layer_sparsity_image(), step, dataformats="HW")
         self.writer.flush()
+
+    def on_selection_restart(self, trainer: Trainer) -> None:
+        """The epochs so far are out of model selection (``trainer.restart_model_selection``)."""
 
     def on_fit_end(self, trainer: Trainer, summary: RunSummary) -> None:
         for name, value in flatten({"test": summary.test}).items():

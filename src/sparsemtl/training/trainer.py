@@ -4,11 +4,13 @@ The loop is the algorithm: train an epoch, validate, keep the best epoch, step t
 reacts to it is a callback (:mod:`.builtin_callbacks`, added from the config): early stopping,
 per-task freezing, and the commit. The run directory (:class:`sparsemtl.runs.RunDir`) is owned
 by :mod:`sparsemtl.runs`; the trainer writes through it. After every epoch the metrics line is
-appended, then ``last.pt`` (the full training state: model, optimiser with the prox warm start,
-LR scheduler, loss weighting, the callbacks' state such as early stopping and per-task
-stoppers, frozen heads, GradScaler, every RNG, the best validation result) is written
-atomically: that is the commit point :func:`resume` continues from. ``best.pt`` is written
-after it, and re-derived from ``last.pt`` on resume if a crash came in between.
+appended, then (every ``train.checkpoint_every`` epochs and after the last one; from a CPU copy
+in the background with ``train.async_checkpoint``) ``last.pt`` (the full training state: model,
+optimiser with the prox warm start, LR scheduler, loss weighting, the callbacks' state such as
+early stopping and per-task stoppers, frozen heads, GradScaler, every RNG, the best validation
+result) is written atomically: that is the commit point :func:`resume` continues from.
+``best.pt`` is written after it, and re-derived from ``last.pt`` on resume if a crash came in
+between (see :class:`.builtin_callbacks.Checkpointing`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ..runs.run_dir import BEST, DATA_CHECK, LAST, SPLITS
 from ..runtime import autocast, init_process_context, seed_everything
 from ..sparsity import ProxAdamW, build_grouping, model_sparsity_report, regularized_param_groups, sparsity_report
 from ..tasks import WEIGHTINGS, build_weighting, get_task
+from .budget import BudgetControl
 from .builtin_callbacks import Checkpointing, EarlyStop, SparsityLog, TaskFreezing
 from .callbacks import Callback, build_callbacks
 from .rng import rng_state, set_rng_state
@@ -109,11 +112,14 @@ class Trainer:
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.train.epochs)
         self.penalty_scheduler = PenaltyScheduler(self.optimizer, cfg.sparsity.warmup_epochs, cfg.sparsity.ramp_epochs)
         self.monitor = Monitor.parse(cfg.train.monitor, self.specs)
+        self.budget = BudgetControl(cfg) if cfg.sparsity.budget is not None else None
+        self.checkpointing = Checkpointing(cfg.train.checkpoint_every, cfg.train.async_checkpoint)
         procedure = [
             EarlyStop(cfg.train.patience, self.monitor.higher_is_better),
             TaskFreezing(self.specs, cfg.train.task_patience),
+            *([self.budget] if self.budget is not None else []),
             SparsityLog(),
-            Checkpointing(),
+            self.checkpointing,
         ]
         _check_state_keys(procedure + configured)
         self.callbacks = [c for c in procedure + configured if c.all_ranks or self.context.is_main]
@@ -121,6 +127,8 @@ class Trainer:
         self.frozen: list[str] = []  # tasks out of the loss, their heads frozen
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.net = self._wrap()
+        if self.budget is not None:
+            self.budget.prepare(self)
         if not resume and self.context.is_main:
             run = new_run(cfg, run)
         self.run = run if self.context.is_main else None
@@ -277,6 +285,7 @@ class Trainer:
         if not last.is_file():  # killed before the first epoch was committed: start afresh
             if self.context.is_main:
                 self.run.keep_metrics_until(0)
+                self.run.settle_pending_best(0)
                 self._write_run_files()
             return
         try:
@@ -291,6 +300,7 @@ class Trainer:
             if self.data_check is not None:
                 self.run.write_json(DATA_CHECK, self.data_check.to_dict())
             self.run.keep_metrics_until(self.epoch)
+            self.run.settle_pending_best(self.best_epoch)
             best_on_disk = self.run.load_checkpoint(BEST)["epoch"] if self.run.has(BEST) else None
             if self.best_epoch == self.epoch and best_on_disk != self.epoch:
                 self._save_best()  # the crash came between last.pt and best.pt
@@ -305,12 +315,16 @@ class Trainer:
                 try:
                     self._call("on_fit_start")
                     self._epochs()
+                    if self.context.is_main:
+                        self.checkpointing.flush(self)  # the last epoch committed and on disk
                     summary = self._finish()
                     self._call("on_fit_end", summary)
                     return summary
                 except KeyboardInterrupt:
+                    self.checkpointing.settle(self)  # a checkpoint being written still lands
                     raise RunInterrupted(self._interrupted_message()) from None
         finally:
+            self.checkpointing.writer.join()  # never leave the run (and its lock) mid-write
             if self.run is not None:
                 self.run.release()
 
@@ -386,8 +400,8 @@ class Trainer:
             self.global_step += 1
             if not math.isfinite(loss):
                 kept = (
-                    f"the best checkpoint (epoch {self.best_epoch}) is kept in {self.run.path / BEST}"
-                    if self.best_epoch and self.run is not None
+                    f"the best checkpoint (epoch {self.checkpointing.best_saved}) is kept in {self.run.path / BEST}"
+                    if self.checkpointing.best_saved and self.run is not None
                     else "no checkpoint was written before it"
                 )
                 raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch}, step {step}; {kept}")
@@ -447,6 +461,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(total.detach()), {k: float(v.detach()) for k, v in losses.items()}, weights
+
+    def restart_model_selection(self) -> None:
+        """Forget the best epoch so far: the models before now may not be selected (e.g. they
+        exceed a sparsity budget). Callbacks hear it (early stopping starts counting again)."""
+        self.best_epoch, self.best_val, self.best_value = 0, None, math.nan
+        self._call("on_selection_restart")
 
     def _step_scheduler(self, value: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -528,6 +548,7 @@ class Trainer:
             sparsity={**self._final_sparsity(), "settings": dataclasses.asdict(self.cfg.sparsity)},
             parameters=self.model.parameter_counts(),
             train_seconds=self.seconds,
+            timing=self.checkpointing.timing(),
             device=str(self.device),
             world_size=self.context.world_size,
             resumed=self.resumed,
@@ -554,7 +575,12 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - any model the tracer cannot prove: keep the run, say why
             fallback = sparsity_report(self.structure, sp.grouping).to_dict()
             return {**fallback, "channel_analysis": f"unavailable: {type(exc).__name__}: {one_line(exc)}"}
-        return {**report.to_dict(), "channel_analysis": "done"}
+        result = {**report.to_dict(), "channel_analysis": "done"}
+        if self.budget is not None:
+            result["budget"] = self.budget.report(self)
+            if self.cfg.train.progress and self.context.is_main:
+                print(result["budget"]["message"], flush=True)
+        return result
 
     def _data_check_summary(self) -> dict[str, Any]:
         if self.data_check is None:
