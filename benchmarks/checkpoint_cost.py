@@ -137,7 +137,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     model_cfg = PAPER_MODEL if args.model == "paper" else SMALL_MODEL
-    batch = {k: v.to(device) for k, v in make_batch(2, args.size, 0).items()}
+    batch = make_batch(2, args.size, 0, device)
     model, optimizer, state = training_state(model_cfg, device, batch)
     writer = CheckpointWriter(background=True)
 
