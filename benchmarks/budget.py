@@ -29,7 +29,7 @@ the training cost (epochs; wall-clock seconds of training, for C also of the rat
 dense row (C's dense run) gives the reference. Results go to `--out`/results.json; `--reprint`
 prints a results file again.
 
-Usage: python benchmarks/budget.py [--budgets 0.6 0.4 0.25] [--lams 3e-4 1e-3 3e-3] [--epochs 8]
+Usage: python benchmarks/budget.py [--budgets 0.6 0.4 0.25] [--lams 1e-5 3e-5 1e-4] [--epochs 8]
        [--num-train 384] [--threads 2] [--out DIR] [--quick] [--reprint results.json]
 The defaults train 10 runs of 8 epochs: roughly 20-30 minutes on 2 idle CPU threads (extrapolated
 from --quick); --quick (2 epochs, 64 training samples, 1 budget, 1 lambda) takes 1-2 minutes.
@@ -391,7 +391,13 @@ def print_results(results: dict[str, Any]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.4, 0.25], help="MAC fractions in (0, 1)")
-    parser.add_argument("--lams", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="fixed lambdas to sweep")
+    parser.add_argument(
+        "--lams",
+        type=float,
+        nargs="+",
+        default=[1e-5, 3e-5, 1e-4],
+        help="fixed lambdas to sweep (on the demo: 100%, 62.5%, 15.8% of the MACs)",
+    )
     parser.add_argument("--start-lam", type=float, default=1e-4, help="budget controller's starting lambda")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--num-train", type=int, default=384)
