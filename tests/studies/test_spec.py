@@ -40,6 +40,15 @@ def test_shorthands_and_yaml_text_numbers_become_typed_values(tmp_path):
     assert cell.id == "lam=1e-05__seed=3__sparsity.grouping=coupled"
 
 
+def test_budget_keys_inside_the_optional_budget_section_are_grid_keys(tmp_path):
+    spec = tiny_study({"lam": [1e-4], "sparsity.budget.macs": [0.5, 0.3], "sparsity.budget_epochs": [1]}, tmp_path)
+    cells = expand(spec)
+    assert [c.config.sparsity.budget.macs for c in cells] == [0.5, 0.3]
+    assert all(c.config.sparsity.budget.kind == "macs" for c in cells)
+    with pytest.raises(ConfigError, match="'sparsity.budget' is a section"):
+        tiny_study({"sparsity.budget": [0.5]}, tmp_path)
+
+
 def test_lam_zero_cells_are_dense_and_the_others_keep_the_base_penalty(tmp_path):
     spec = tiny_study({"lam": [0, 0.05]}, tmp_path)
     dense, sparse = expand(spec)

@@ -159,6 +159,10 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
             self._apply_prox(index, group, self._adam_metric(group, moments), _informed(slices, moments))
         return loss
 
+    def metric(self, group: dict[str, Any]) -> AdamMetric:
+        """Adam's metric d of ``group``'s tensors, as its prox uses it (per ``prox_metric``)."""
+        return self._adam_metric(group, self._second_moments(group))
+
     def _second_moments(self, group: dict[str, Any]) -> list[torch.Tensor]:
         """Adam's (uncorrected) second moments of the group; zeros for a parameter that has not
         taken a step yet, so its groups count as never informed."""

@@ -394,19 +394,16 @@ def critical_lambdas(optimizer: ProxAdamW, structure: GroupStructure) -> torch.T
     """
     group = next(g for g in optimizer.param_groups if g.get("prox") is not None)
     lr, wd = float(group["lr"]), float(group["weight_decay"])
-    beta1, beta2 = group["betas"]
+    beta1, _ = group["betas"]
+    metric = optimizer.metric(group)
     points = []
-    for p in group["params"]:
+    for k, p in enumerate(group["params"]):
         state = optimizer.state.get(p, {})
         if "exp_avg" not in state:
-            points.append(torch.full_like(p, math.inf))
+            points.append(torch.full(p.shape, math.inf, dtype=torch.float64))
             continue
-        steps = float(state["step"])
-        m_hat = state["exp_avg"] / (1.0 - beta1**steps)
-        v = state["max_exp_avg_sq" if group["amsgrad"] else "exp_avg_sq"]
-        corrected = group["prox_metric"] == "corrected"
-        d = (v / (1.0 - beta2**steps) if corrected else v).sqrt() + group["eps"]
-        points.append((d * p.detach() * (1.0 - lr * wd) - lr * m_hat).double().cpu())
+        m_hat = state["exp_avg"] / (1.0 - beta1 ** float(state["step"]))
+        points.append((metric.tensor(k) * p.detach() * (1.0 - lr * wd) - lr * m_hat).double().cpu())
     slices = structure.slices(points)
     norms = slices.group_sum([t.square() for t in points]).sqrt()
     weights = torch.tensor(group["prox"]["weights"], dtype=torch.float64)
