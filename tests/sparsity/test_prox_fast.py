@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import brentq
 
 import sparsemtl.sparsity.prox as prox
 from sparsemtl.sparsity import GroupSlices, group_lasso_prox_
 from sparsemtl.sparsity.prox import AdamMetric
+
+from .test_prox import reference_weighted_prox
 
 # (shape, group dimension): conv weights with input- and output-channel groups, 1x1 convs, a
 # linear layer, a vector and a 5-d tensor grouped in the middle
@@ -20,18 +21,8 @@ EPS = 1e-6
 
 
 def reference(x: np.ndarray, d: np.ndarray, tau: float) -> np.ndarray:
-    """argmin 1/2 sum d (z - x)^2 + tau ||z||: zero test, then a bracketed Brent root of the
-    secular equation (written from the optimality conditions, not from the solver)."""
-    if tau <= 0:
-        return x.copy()
-    if np.linalg.norm(d * x) <= tau:
-        return np.zeros_like(x)
-    f = lambda th: np.sum((d * x) ** 2 / (th * d + tau) ** 2) - 1.0  # noqa: E731
-    hi = 1.0
-    while f(hi) > 0:
-        hi *= 2.0
-    theta = brentq(f, 0.0, hi, xtol=1e-300, rtol=1e-15, maxiter=1000)
-    return theta * d / (theta * d + tau) * x
+    """The independent float64 solve of ``test_prox`` (tau <= 0: no penalty, the identity)."""
+    return x.copy() if tau <= 0 else reference_weighted_prox(x, d, tau)
 
 
 class Problem:
