@@ -31,8 +31,8 @@ prints a results file again.
 
 Usage: python benchmarks/budget.py [--budgets 0.6 0.4 0.25] [--lams 1e-5 3e-5 1e-4] [--epochs 8]
        [--num-train 384] [--threads 2] [--out DIR] [--quick] [--reprint results.json]
-The defaults train 10 runs of 8 epochs: roughly 20-30 minutes on 2 idle CPU threads (extrapolated
-from --quick); --quick (2 epochs, 64 training samples, 1 budget, 1 lambda) takes 1-2 minutes.
+The defaults train 10 runs of 8 epochs: 20 minutes measured on an idle 2-core AMD EPYC with 2
+threads; --quick (2 epochs, 64 training samples, 1 budget, 1 lambda) takes 1-2 minutes.
 """
 
 from __future__ import annotations
