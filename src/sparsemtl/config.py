@@ -258,6 +258,15 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def section_type(tp: Any) -> type | None:
+    """The settings class of a config field that is a section (a dataclass), also an optional
+    one such as ``sparsity.budget``; None for a plain value."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    sections = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+    return sections[0] if get_origin(tp) in (Union, types.UnionType) and len(sections) == 1 else None
+
+
 def convert_value(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` to type ``tp`` or raise ConfigError naming ``key``."""
     origin = get_origin(tp)
@@ -278,9 +287,9 @@ def convert_value(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             if type(None) in args:
                 return None
-        settings = [a for a in args if dataclasses.is_dataclass(a)]
-        if isinstance(value, dict) and len(settings) == 1:  # its own key errors name the inner key
-            return convert_value(value, settings[0], key)
+        section = section_type(tp)
+        if isinstance(value, dict) and section is not None:  # its own key errors name the inner key
+            return convert_value(value, section, key)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return convert_value(value, arg, key)

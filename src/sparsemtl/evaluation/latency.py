@@ -98,7 +98,7 @@ def measure_latency(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
-    with _fixed_threads(threads), _eval_mode(model), torch.inference_mode():
+    with fixed_threads(threads), _eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
             model(x)
         if device.type == "cuda":
@@ -192,7 +192,7 @@ def _checked_device(model: nn.Module, device: str | torch.device) -> torch.devic
 
 
 @contextmanager
-def _fixed_threads(threads: int) -> Iterator[None]:
+def fixed_threads(threads: int) -> Iterator[None]:
     """Set the torch intra-op thread count for a block and restore it after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from ..pruning.cost import WEIGHT_OPS, LayerWidth
+from ..models.complexity import WEIGHT_OPS
+from ..pruning.cost import LayerWidth
 from .fold import fold_batchnorm
-from .latency import _fixed_threads, measure_latency
+from .latency import fixed_threads, measure_latency
 
 #: kept width as a fraction of the original, per axis of a layer's table
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -90,7 +91,7 @@ def measure_latency_model(
     inputs = _layer_inputs(folded, input_size, batch, device)
     shared: dict[tuple, LayerTable] = {}
     layers: dict[str, LayerTable] = {}
-    with _fixed_threads(threads), torch.inference_mode():
+    with fixed_threads(threads), torch.inference_mode():
         for name, op in folded.named_modules():
             if isinstance(op, WEIGHT_OPS) and name in inputs:
                 key = _config(op, inputs[name])

@@ -30,30 +30,39 @@ def count_macs(model: nn.Module, input_size: tuple[int, int], batch: int = 1) ->
     return counter.get_total_flops() // 2
 
 
+#: the layers whose MACs are their weight's size times the positions they are applied at
+WEIGHT_OPS = (nn.Conv2d, nn.Linear)
+
+
 def analytic_conv_macs(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -> int:
-    """Independent cross-check: sum over conv and linear layers of output elements x MACs per
-    element, with output shapes recorded by forward hooks."""
-    total = 0
+    """Independent cross-check: sum over conv and linear layers of output positions x weight
+    size (= output elements x MACs per element), with output shapes recorded by forward hooks."""
+    positions = output_positions(model, input_size, batch)
+    return sum(n * model.get_submodule(name).weight.numel() for name, n in positions.items())
 
-    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
-        total += output.numel() * per_output
 
-    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
+@torch.no_grad()
+def output_positions(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -> dict[str, int]:
+    """Per conv/linear layer (:data:`WEIGHT_OPS`), the positions it is applied at (output
+    elements / output channels, summed over calls) in one eval-mode forward of a
+    (batch, 3, H, W) input; layers the forward does not run are left out."""
+    positions: dict[str, int] = {}
 
-    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    def recorder(name: str):
+        def record(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            width = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            positions[name] = positions.get(name, 0) + output.numel() // width
+
+        return record
+
+    handles = [m.register_forward_hook(recorder(n)) for n, m in model.named_modules() if isinstance(m, WEIGHT_OPS)]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            model(torch.zeros(batch, 3, *input_size, device=device))
+        ref = next(model.parameters())
+        model(torch.zeros(batch, 3, *input_size, dtype=ref.dtype, device=ref.device))
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return total
+    return positions

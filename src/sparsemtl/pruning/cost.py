@@ -30,12 +30,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..models.complexity import count_macs
+from ..models.complexity import WEIGHT_OPS, count_macs, output_positions
 from ..sparsity.channels import ChannelRemovability, ChannelSet, channel_sets, removable_channels
 from .rounding import cut_mask
-
-#: the layers whose MACs follow their (kept) weight size
-WEIGHT_OPS = (nn.Conv2d, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class PrunedCostModel:
         self.sets: list[ChannelSet] = channel_sets(model, patterns)
         self._shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
         self._ops = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHT_OPS)}
-        self._positions = _output_positions(model, self._ops, self.input_size)
+        self._positions = output_positions(model, self.input_size)
         dense_macs = count_macs(model, self.input_size)
         self.other_macs = dense_macs - sum(
             self._positions[name] * op.weight.numel() for name, op in self._ops.items() if name in self._positions
@@ -124,29 +121,3 @@ def _width(name: str, op: nn.Module, shape: tuple[int, ...]) -> LayerWidth:
     depthwise = op.groups > 1 and op.groups == op.in_channels
     groups = shape[0] // (op.out_channels // op.groups) if depthwise else op.groups
     return LayerWidth(name, shape[1] * groups, shape[0], groups)
-
-
-@torch.no_grad()
-def _output_positions(model: nn.Module, ops: dict[str, nn.Module], input_size: tuple[int, int]) -> dict[str, int]:
-    """Per conv/linear layer, the output positions per sample (output elements / out channels)
-    of one eval-mode forward; layers the forward does not run are left out."""
-    positions: dict[str, int] = {}
-
-    def hook(name: str):
-        def record(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            width = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-            positions[name] = positions.get(name, 0) + output.numel() // width
-
-        return record
-
-    handles = [op.register_forward_hook(hook(name)) for name, op in ops.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        ref = next(model.parameters())
-        model(torch.zeros(1, 3, *input_size, dtype=ref.dtype, device=ref.device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return positions

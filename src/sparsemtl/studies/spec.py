@@ -13,10 +13,9 @@ import copy
 import dataclasses
 import itertools
 import re
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 from ..config import (
     Config,
@@ -27,6 +26,7 @@ from ..config import (
     plain,
     read_config_file,
     read_yaml,
+    section_type,
 )
 from ..errors import ConfigError
 
@@ -142,22 +142,13 @@ def _field_type(key: str, where: str) -> Any:
             raise ConfigError(f"{where}: unknown config key {key!r}; allowed keys{under}: {', '.join(names)}")
         tp = get_type_hints(cls)[part]
         if depth < len(parts) - 1:
-            section = _section(tp)
+            section = section_type(tp)
             if section is None:
                 raise ConfigError(f"{where}: {'.'.join(parts[: depth + 1])!r} is a value, not a section")
             cls = section
-    if _section(tp) is not None:
+    if section_type(tp) is not None:
         raise ConfigError(f"{where}: {key!r} is a section; vary one of its keys, e.g. {key}.{names[0]}")
     return tp
-
-
-def _section(tp: Any) -> type | None:
-    """The settings class of a config field that is a section (also an optional one, such as
-    ``sparsity.budget``), else None."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    sections = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
-    return sections[0] if get_origin(tp) in (Union, types.UnionType) and len(sections) == 1 else None
 
 
 def _typed(key: str, value: Any, where: str) -> Any:

@@ -175,18 +175,13 @@ class Checkpointing(Callback):
         if the epoch improved, else a model staged since the previous ``last.pt``."""
         run, epoch, staged = trainer.run, trainer.epoch, self.pending_best
         improved = trainer.best_epoch == epoch
+        state, best = trainer.state_dict(), None  # best None: _finish_best saves the live model
         if self.writer.background:
-            state, best = snapshot((trainer.state_dict(), trainer._model_payload() if improved else None))
+            state, best = snapshot((state, trainer._model_payload() if improved else None))
 
-            def write() -> None:
-                run.save_checkpoint(LAST, state)
-                self._finish_best(trainer, improved, staged, best)
-
-        else:
-
-            def write() -> None:
-                run.save_checkpoint(LAST, trainer.state_dict())
-                self._finish_best(trainer, improved, staged)
+        def write() -> None:
+            run.save_checkpoint(LAST, state)
+            self._finish_best(trainer, improved, staged, best)
 
         self.written, self.pending_best = epoch, 0
         self.best_saved = epoch if improved else staged or self.best_saved
