@@ -190,3 +190,34 @@ def test_a_parameter_without_gradients_does_not_switch_off_the_penalty_for_the_o
         opt.step()
     assert unused.weight.grad is None and torch.equal(unused.weight, kept)
     assert torch.count_nonzero(used.weight.detach().abs().sum(dim=(0, 2, 3))) == 0  # every input channel zeroed
+
+
+def branching_net() -> nn.ModuleDict:
+    torch.manual_seed(0)
+    return nn.ModuleDict({"a": nn.Conv2d(3, 4, 3), "b": nn.Conv2d(4, 4, 1), "c": nn.Conv2d(4, 4, 1)})
+
+
+def branching_run(net: nn.ModuleDict, opt: torch.optim.Optimizer, steps: int) -> None:
+    """Layer b joins the forward pass at step 2 and c never does: parameters whose gradients
+    come late or never, beside ones that have them from the start."""
+    gen = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        opt.zero_grad()
+        out = net["a"](torch.randn(2, 3, 8, 8, generator=gen))
+        if step >= 2:
+            out = net["b"](out)
+        out.square().mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_layer_that_gets_gradients_only_later_is_updated_and_regularised(foreach):
+    """Before, the warm-start entry the prox stored for a not-yet-updated parameter made torch's
+    AdamW skip creating its state at its first gradient: KeyError 'exp_avg'."""
+    net = branching_net()
+    kept = net["c"].weight.detach().clone()
+    opt = ProxAdamW(regularized_param_groups(net, input_channels(net, ["*"]), lam=0.2), lr=0.05, foreach=foreach)
+    branching_run(net, opt, 5)
+    assert float(opt.state[net["b"].weight]["step"]) == 3
+    assert torch.count_nonzero(net["b"].weight.abs().sum(dim=(0, 2, 3))) < 4  # regularised: groups zeroed
+    assert torch.equal(net["c"].weight, kept)

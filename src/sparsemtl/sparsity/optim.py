@@ -90,12 +90,18 @@ class _ProximalStep:
         penalty.prox_(slices, tau, lr, spec, precond, lambda: self._warm_starts(group, slices))
 
     def _warm_starts(self, group: dict[str, Any], slices: GroupSlices) -> list[torch.Tensor]:
-        """Per-parameter group norms of the previous step (optimiser state, so they round-trip)."""
+        """Per-parameter group norms of the previous step (optimiser state, so they round-trip).
+        A parameter that has not taken a step yet gets a throw-away zero start: an entry in its
+        empty state would make torch's optimiser skip creating the state at its first gradient."""
         starts = []
         for p, dim in zip(group["params"], slices.dims):
             state = self.state[p]  # type: ignore[attr-defined]
             if "prox_norm" not in state:
-                state["prox_norm"] = torch.zeros(p.shape[dim], dtype=p.dtype, device=p.device)
+                start = torch.zeros(p.shape[dim], dtype=p.dtype, device=p.device)
+                if not state:
+                    starts.append(start)
+                    continue
+                state["prox_norm"] = start
             starts.append(state["prox_norm"])
         return starts
 
