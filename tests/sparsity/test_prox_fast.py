@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import sparsemtl.sparsity.prox as prox
+import sparsemtl.sparsity.weighted_solver as solver
 from sparsemtl.sparsity import GroupSlices, group_lasso_prox_
-from sparsemtl.sparsity.prox import AdamMetric
+from sparsemtl.sparsity.weighted_solver import AdamMetric
 
 from .test_prox import reference_weighted_prox
 
@@ -84,13 +84,13 @@ def assert_matches_reference(problem: Problem, xs: list[torch.Tensor], zero: tor
 
 @pytest.fixture
 def per_tensor(monkeypatch):
-    monkeypatch.setattr(prox, "PER_TENSOR_DEVICES", ("cpu",))
+    monkeypatch.setattr(solver, "PER_TENSOR_DEVICES", ("cpu",))
 
 
 @pytest.fixture
 def concatenated(monkeypatch):
     """The way of devices other than CPU, on CPU."""
-    monkeypatch.setattr(prox, "PER_TENSOR_DEVICES", ())
+    monkeypatch.setattr(solver, "PER_TENSOR_DEVICES", ())
 
 
 @pytest.mark.parametrize("chunk", [1 << 20, 40, 7], ids=["one-chunk", "pieces", "one-group-pieces"])
@@ -98,7 +98,7 @@ def concatenated(monkeypatch):
 def test_per_tensor_prox_matches_reference(per_tensor, monkeypatch, seed, chunk):
     """Whole tensors in one chunk, tensors split into pieces of several groups, and pieces of a
     single group each: the same minimisers."""
-    monkeypatch.setattr(prox, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(solver, "CHUNK_ELEMENTS", chunk)
     problem = Problem(seed)
     xs, zero, _ = problem.solve()
     assert zero.any() and not zero.all()
@@ -114,9 +114,9 @@ def test_concatenated_prox_matches_reference(concatenated, seed):
 
 def test_both_ways_agree_on_weights_zeros_and_norms(monkeypatch):
     problem = Problem(3)
-    monkeypatch.setattr(prox, "PER_TENSOR_DEVICES", ("cpu",))
+    monkeypatch.setattr(solver, "PER_TENSOR_DEVICES", ("cpu",))
     a, zero_a, norms_a = problem.solve()
-    monkeypatch.setattr(prox, "PER_TENSOR_DEVICES", ())
+    monkeypatch.setattr(solver, "PER_TENSOR_DEVICES", ())
     b, zero_b, norms_b = problem.solve()
     assert torch.equal(zero_a, zero_b)
     for x, y in zip(a, b):
@@ -143,13 +143,13 @@ def test_adam_metric_equals_the_metric_formed_up_front():
 
 def count_newton_steps(monkeypatch) -> list[int]:
     calls = [0]
-    original = prox._newton_sums
+    original = solver._newton_sums
 
     def counted(*args):
         calls[0] += 1
         return original(*args)
 
-    monkeypatch.setattr(prox, "_newton_sums", counted)
+    monkeypatch.setattr(solver, "_newton_sums", counted)
     return calls
 
 
