@@ -8,10 +8,12 @@ few real training steps:
    from the previous step's group norms): time, ns per regularised weight, and its largest
    relative error against the same solve in float64;
 2. one optimiser step over the regularised weights, ProxAdamW / AdamW, for torch's single-tensor
-   and foreach AdamW (on CUDA: fused, the reference, and foreach).
+   and foreach AdamW (on CUDA: fused, the reference, and foreach), and on CPU ProxAdamW with
+   ``native_prox=True`` (AdamW update and prox in native passes) / single-tensor AdamW.
 
 Then one training step (zero_grad, forward, loss, backward, step) of the resnet50d paper model
-at each ``--batches`` size, ``--size`` px: ProxAdamW / AdamW over the whole model.
+at each ``--batches`` size, ``--size`` px: ProxAdamW / AdamW over the whole model (on CPU also
+with ``native_prox=True``).
 
 Every optimiser measurement restores the weights and the optimiser state before each repeat, so
 that all repeats do the same work, and the variants run interleaved (A B A B ...) so that drifts
@@ -34,7 +36,14 @@ import torch
 from paper_model import PAPER_MODEL, SPECS
 
 from sparsemtl.models import build_model
-from sparsemtl.sparsity import ProxAdamW, group_lasso_prox_, group_weights, input_channels, regularized_param_groups
+from sparsemtl.sparsity import (
+    ProxAdamW,
+    group_lasso_prox_,
+    group_weights,
+    input_channels,
+    native_step,
+    regularized_param_groups,
+)
 from sparsemtl.sparsity.prox import AdamMetric
 from sparsemtl.tables import format_table
 from sparsemtl.tasks import get_task
@@ -159,6 +168,12 @@ def encoder_rows(encoder: str, args: argparse.Namespace, device: torch.device) -
             adamw.state[p] = proxy.state[p] = source.state[p]
         fns[f"AdamW {name}"] = adamw.step
         fns[f"ProxAdamW {name}"] = proxy.step
+    if device.type == "cpu":
+        native_step.extension()  # built (or loaded) before any timing
+        native = ProxAdamW([dict(groups[0])], lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, native_prox=True)
+        for p in params:
+            native.state[p] = source.state[p]
+        fns["ProxAdamW native"] = native.step
     with torch.no_grad():
         steps = interleaved(fns, args.repeats, device, snapshot.restore)
     rows = [
@@ -175,6 +190,27 @@ def encoder_rows(encoder: str, args: argparse.Namespace, device: torch.device) -
                 f"{proximal / adamw:.2f}  ({proximal * 1e3:.1f} / {adamw * 1e3:.1f} ms)",
             ]
         )
+    if "ProxAdamW native" in steps:
+        native, adamw = steps["ProxAdamW native"], steps["AdamW single-tensor"]
+        rows.append(
+            [
+                encoder,
+                "ProxAdamW native_prox / AdamW step, single-tensor",
+                f"{native / adamw:.2f}  ({native * 1e3:.1f} / {adamw * 1e3:.1f} ms)",
+            ]
+        )
+        results = {}
+        for name in ("ProxAdamW native", "ProxAdamW single-tensor"):  # one step each from the same state
+            snapshot.restore()
+            with torch.no_grad():
+                fns[name]()
+            results[name] = [p.detach().clone() for p in params]
+        snapshot.restore()
+        gap = max(
+            float((a - b).norm() / b.norm().clamp_min(1e-30))
+            for a, b in zip(results["ProxAdamW native"], results["ProxAdamW single-tensor"])
+        )
+        rows.append([encoder, "native_prox step max rel. difference vs eager step", f"{gap:.1e}"])
     return rows
 
 
@@ -188,24 +224,33 @@ def training_rows(args: argparse.Namespace, device: torch.device) -> list[list]:
     adamw = torch.optim.AdamW(dense.parameters(), lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, **options)
     groups = regularized_param_groups(sparse, input_channels(sparse, ["encoder.*"]), args.lam)
     prox_adamw = ProxAdamW(groups, lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, **options)
+    variants = {"sparse": (sparse, prox_adamw)}
+    if device.type == "cpu":
+        native = build_model(PAPER_MODEL, SPECS).to(device)
+        native.load_state_dict(dense.state_dict())
+        groups = regularized_param_groups(native, input_channels(native, ["encoder.*"]), args.lam)
+        variants["sparse, native prox"] = (
+            native,
+            ProxAdamW(groups, lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY, native_prox=True),
+        )
     rows = []
     for size in args.batches:
         batch = make_batch(size, args.size, 0, device)
+        fns = {"dense": lambda: train_step(dense, adamw, batch)}
+        for name, (model, optimizer) in variants.items():
+            fns[name] = lambda model=model, optimizer=optimizer: train_step(model, optimizer, batch)
         for _ in range(args.warmup):
-            train_step(dense, adamw, batch)
-            train_step(sparse, prox_adamw, batch)
-        fns = {
-            "dense": lambda: train_step(dense, adamw, batch),
-            "sparse": lambda: train_step(sparse, prox_adamw, batch),
-        }
+            for fn in fns.values():
+                fn()
         times = interleaved(fns, args.repeats, device)
-        rows.append(
-            [
-                "resnet50d model",
-                f"training step sparse / dense, batch {size}, {args.size} px",
-                f"{times['sparse'] / times['dense']:.3f}  ({times['sparse']:.3f} / {times['dense']:.3f} s)",
-            ]
-        )
+        for name in variants:
+            rows.append(
+                [
+                    "resnet50d model",
+                    f"training step {name} / dense, batch {size}, {args.size} px",
+                    f"{times[name] / times['dense']:.3f}  ({times[name]:.3f} / {times['dense']:.3f} s)",
+                ]
+            )
     return rows
 
 

@@ -12,7 +12,8 @@ def test_train_command_runs_and_bad_keys_fail_in_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "optim.lrate=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "sparsemtl: error: unknown config key 'optim.lrate'; allowed keys under 'optim': lr, weight_decay, betas, eps"
+        "sparsemtl: error: unknown config key 'optim.lrate'; allowed keys under 'optim': "
+        "lr, weight_decay, betas, eps, native_prox"
     ]
 
 

@@ -116,6 +116,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    native_prox: bool = False  # CPU: AdamW update and group-lasso prox in native passes (sparsity/native_step.py)
 
 
 @dataclass

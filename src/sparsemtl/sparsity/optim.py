@@ -19,10 +19,12 @@ Everything else (state_dict, param groups, LR schedulers, AMP's GradScaler) is t
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
+from . import native_step
 from .penalties import PENALTIES
 from .prox import AdamMetric, Precond
 from .slices import GroupSlices
@@ -34,7 +36,7 @@ class _ProximalStep:
     """Mixin for torch optimisers: validates ``lam``/``prox`` group keys, caches each group's
     slice layout on the parameters' device, and applies the prox after the parent's step."""
 
-    _slices: dict[int, tuple[GroupSlices, torch.Tensor]]
+    _slices: dict[Any, Any]  # per param group: its layout; per ('tensors', group): each tensor's own
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not hasattr(self, "_slices"):
@@ -90,20 +92,20 @@ class _ProximalStep:
         penalty.prox_(slices, tau, lr, spec, precond, lambda: self._warm_starts(group, slices))
 
     def _warm_starts(self, group: dict[str, Any], slices: GroupSlices) -> list[torch.Tensor]:
-        """Per-parameter group norms of the previous step (optimiser state, so they round-trip).
-        A parameter that has not taken a step yet gets a throw-away zero start: an entry in its
-        empty state would make torch's optimiser skip creating the state at its first gradient."""
-        starts = []
-        for p, dim in zip(group["params"], slices.dims):
-            state = self.state[p]  # type: ignore[attr-defined]
-            if "prox_norm" not in state:
-                start = torch.zeros(p.shape[dim], dtype=p.dtype, device=p.device)
-                if not state:
-                    starts.append(start)
-                    continue
-                state["prox_norm"] = start
-            starts.append(state["prox_norm"])
-        return starts
+        """Per-parameter group norms of the previous step (optimiser state, so they round-trip)."""
+        return [self._warm_start(p, dim) for p, dim in zip(group["params"], slices.dims)]
+
+    def _warm_start(self, p: torch.Tensor, dim: int) -> torch.Tensor:
+        """``p``'s group norms of the previous step, kept in its state once it has taken a step;
+        before that a throw-away zero start: an entry in an empty state would make torch's
+        optimiser skip creating the state at the parameter's first gradient."""
+        state = self.state[p]  # type: ignore[attr-defined]
+        if "prox_norm" not in state:
+            start = torch.zeros(p.shape[dim], dtype=p.dtype, device=p.device)
+            if not state:
+                return start
+            state["prox_norm"] = start
+        return state["prox_norm"]
 
     def _prox_groups(self):
         for index, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
@@ -140,9 +142,12 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
       paper's lambda values were tuned with this metric.
     """
 
-    def __init__(self, params: Any, *args: Any, prox_metric: str = "corrected", **kwargs: Any) -> None:
+    def __init__(
+        self, params: Any, *args: Any, prox_metric: str = "corrected", native_prox: bool = False, **kwargs: Any
+    ) -> None:
         _check_metric(prox_metric)
         self._default_metric = prox_metric
+        self.native_prox = native_prox
         super().__init__(params, *args, **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -158,12 +163,75 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = super().step(closure)
+        if not getattr(self, "native_prox", False):  # not state: an unpickled optimiser runs eager
+            loss = super().step(closure)
+            for index, group in self._prox_groups():
+                self._eager_prox(index, group)
+            return loss
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        native = {i: g for i, g in self._prox_groups() if native_step.supports(g) and self._layout(i, g)[0].separable}
+        with _grads_hidden([p for group in native.values() for p in group["params"]]) as grads:
+            super().step()
         for index, group in self._prox_groups():
-            moments = self._second_moments(group)
-            slices, _ = self._layout(index, group)
-            self._apply_prox(index, group, self._adam_metric(group, moments), _informed(slices, moments))
+            if index in native:
+                self._native_step(index, group, grads)
+            else:
+                self._eager_prox(index, group)
         return loss
+
+    def _eager_prox(self, index: int, group: dict[str, Any]) -> None:
+        """The prox of ``group`` after torch's AdamW step, by the eager solver."""
+        moments = self._second_moments(group)
+        slices, _ = self._layout(index, group)
+        self._apply_prox(index, group, self._adam_metric(group, moments), _informed(slices, moments))
+
+    def _native_step(self, index: int, group: dict[str, Any], grads: dict[torch.Tensor, torch.Tensor]) -> None:
+        """AdamW's update and the prox of ``group`` in native passes (see :mod:`.native_step`);
+        a tensor without a gradient this step, or one the native step leaves unsolved, gets the
+        eager prox on its own."""
+        slices, weights = self._layout(index, group)
+        lr = float(group["lr"])
+        tau = weights * (lr * float(group["lam"]))
+        stepped = [k for k, p in enumerate(group["params"]) if p in grads]
+        params = [group["params"][k] for k in stepped]
+        for p in params:
+            if "step" not in self.state[p]:
+                native_step.init_state(self.state[p], p)
+        done = native_step.native_prox_step_(
+            params,
+            [grads[p] for p in params],
+            [self.state[p] for p in params],
+            [slices.dims[k] for k in stepped],
+            group,
+            [tau[slices.ids[k]] for k in stepped],
+            [self._warm_start(p, slices.dims[k]) for k, p in zip(stepped, params)],
+        )
+        solved = {k for k, ok in zip(stepped, done) if ok}
+        for k, p in enumerate(group["params"]):
+            if k in solved:
+                continue
+            ids, dim = slices.ids[k], slices.dims[k]
+            single = self._tensor_layouts(index, slices)[k]
+            moments = self._second_moments({**group, "params": [p]})
+            informed = _informed(single, moments)
+            tau_k = tau[ids] if informed is None else torch.where(informed, tau[ids], torch.zeros_like(tau[ids]))
+            metric = self._adam_metric({**group, "params": [p]}, moments)
+            PENALTIES.get("group_lasso")().prox_(
+                single, tau_k, lr, group["prox"], metric, lambda p=p, dim=dim: [self._warm_start(p, dim)]
+            )
+
+    def _tensor_layouts(self, index: int, slices: GroupSlices) -> list[GroupSlices]:
+        """Each tensor of ``slices`` as a layout of its own (groups numbered from 0), kept."""
+        key = ("tensors", index)
+        if key not in self._slices:
+            self._slices[key] = [
+                GroupSlices([t], [dim], [torch.arange(t.shape[dim], device=t.device)], t.shape[dim])
+                for t, dim in zip(slices.tensors, slices.dims)
+            ]
+        return self._slices[key]
 
     def metric(self, group: dict[str, Any]) -> AdamMetric:
         """Adam's metric d of ``group``'s tensors, as its prox uses it (per ``prox_metric``)."""
@@ -185,6 +253,20 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
             steps = float(self.state.get(p, {}).get("step", 1.0))  # no step yet: never informed, any value
             corrections.append(1.0 - beta2**steps)
         return AdamMetric(moments, corrections, group["eps"])
+
+
+@contextlib.contextmanager
+def _grads_hidden(params: list[torch.Tensor]) -> Iterator[dict[torch.Tensor, torch.Tensor]]:
+    """Take the gradients of ``params`` away for the duration (torch's optimiser step skips a
+    parameter without one), yielding them; they are put back however the block ends."""
+    grads = {p: p.grad for p in params if p.grad is not None}
+    for p in grads:
+        p.grad = None
+    try:
+        yield grads
+    finally:
+        for p, grad in grads.items():
+            p.grad = grad
 
 
 def _informed(slices: GroupSlices, moments: list[torch.Tensor]) -> torch.Tensor | None:

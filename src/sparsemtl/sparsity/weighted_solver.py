@@ -307,6 +307,43 @@ class _Segments:
         return per_group[self.index]
 
 
+class GroupTest(NamedTuple):
+    """Per group, from ||d x||^2 and the extrema of d: which groups are solved, zeroed, kept as
+    they are (tau <= 0) or need the scaled solve, and the bounds of the root."""
+
+    solve: torch.Tensor  # ||d x|| > tau > 0
+    zero: torch.Tensor  # ||d x|| <= tau, tau > 0 (and the direct test is safe)
+    keep: torch.Tensor  # tau <= 0: no penalty, the prox is the identity whatever d
+    risky: torch.Tensor  # the direct solve is not safe: scaled_rows_prox_ solves these
+    lower: torch.Tensor  # (||d x|| - tau) / max d
+    upper: torch.Tensor  # (||d x|| - tau) / min d
+
+
+def group_test(
+    sumsq: torch.Tensor, dmax: torch.Tensor, dmin: torch.Tensor, tau: torch.Tensor, size: int | torch.Tensor
+) -> GroupTest:
+    """The zero test, the bounds and the safety checks of every group (``size``: its number of
+    weights, or a bound on it).
+
+    The direct solve is safe where ||d x||^2 neither under- nor overflows, and (u = 1/(theta + tau/d)
+    <= min(1/theta, d/tau)) the Newton terms (x u)^2 <= (||d x|| / tau)^2 and u <= 1/lower stay
+    far below the largest float; theta and tau / d_i <= ||d x|| / min d stay finite in
+    theta + tau / d_i. tau <= 0 (identity) and clear zeros are always safe. Unsafe groups (in
+    practice none) are solved on scaled copies by scaled_rows_prox_."""
+    fi = torch.finfo(sumsq.dtype)
+    weighted = sumsq.sqrt()
+    limit = math.sqrt(fi.max) / 16
+    solve = (weighted > tau) & (tau > 0)
+    lower = (weighted - tau) / dmax
+    upper = (weighted - tau) / dmin
+    safe = sumsq.isfinite() & ((sumsq >= fi.tiny / fi.eps) | clear_zero(sumsq, tau, size))
+    safe &= ~solve | ((weighted <= limit * tau) & (lower * limit >= 1.0) & (weighted <= limit * dmin))
+    keep = tau <= 0
+    risky = ~(safe | keep)
+    zero = (weighted <= tau) & (tau > 0) & ~risky
+    return GroupTest(solve, zero, keep, risky, lower, upper)
+
+
 class _Solver:
     """The weighted prox of the groups of a matrix ``x`` (updated in place) in metric ``d``,
     groups laid out as ``layout`` (:class:`_Columns` or :class:`_Segments`) says; per-group values
@@ -322,24 +359,11 @@ class _Solver:
         space: _Workspace,
     ) -> None:
         self.x, self.d, self.tau, self.start, self.layout, self.space = x, d, tau, start, layout, space
-        fi = torch.finfo(x.dtype)
         sumsq, dmax, dmin = _zero_test(x, d, layout, space.temporaries(x)[1])
-        weighted = sumsq.sqrt()
-        # The direct solve is safe where ||d x||^2 neither under- nor overflows, and (u = 1/(theta + tau/d)
-        # <= min(1/theta, d/tau)) the Newton terms (x u)^2 <= (||d x|| / tau)^2 and u <= 1/lower stay
-        # far below the largest float; theta and tau / d_i <= ||d x|| / min d stay finite in
-        # theta + tau / d_i. tau <= 0 (identity) and clear zeros are always safe. Unsafe groups
-        # (in practice none) are solved on scaled copies by scaled_rows_prox_.
-        limit = math.sqrt(fi.max) / 16
-        solve = (weighted > tau) & (tau > 0)
-        self.lower = (weighted - tau) / dmax
-        self.upper = (weighted - tau) / dmin
-        safe = sumsq.isfinite() & ((sumsq >= fi.tiny / fi.eps) | clear_zero(sumsq, tau, layout.sizes))
-        safe &= ~solve | ((weighted <= limit * tau) & (self.lower * limit >= 1.0) & (weighted <= limit * dmin))
-        self.keep = tau <= 0  # no penalty: the prox is the identity, whatever d
-        self.risky = ~(safe | self.keep)
-        self.zero = (weighted <= tau) & (tau > 0) & ~self.risky
-        self.active = solve & ~self.risky
+        test = group_test(sumsq, dmax, dmin, tau, layout.sizes)
+        self.lower, self.upper, self.keep, self.risky = test.lower, test.upper, test.keep, test.risky
+        self.zero = test.zero
+        self.active = test.solve & ~self.risky
         self.theta = _row_start(start, self.lower, self.upper)
         self.flags: list[bool] = []  # any unsafe, any tau <= 0, any zero, all solved: _fetch_flags
         self.risky_solution: tuple[torch.Tensor, ...] = ()  # index, rows, zero, norms

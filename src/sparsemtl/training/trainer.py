@@ -213,6 +213,7 @@ class Trainer:
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
             prox_metric=sp.prox_metric,
+            native_prox=cfg.native_prox,
         )
 
     def _wrap(self) -> torch.nn.Module:
