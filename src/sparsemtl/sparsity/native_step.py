@@ -38,6 +38,13 @@ import torch
 from ..errors import ConfigError
 from .weighted_solver import _newton_update, _row_start, _settled, default_rtol, group_test
 
+#: Compiler flags per CPU capability tier torch reports (not -march=native: a build cached on a
+#: shared disk must run on every machine of the tier).
+_VECTOR_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma", "-mavx2"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
 #: Param-group settings the native step supports; other groups take torch's AdamW and the eager prox.
 _PLAIN = {"amsgrad": False, "maximize": False, "capturable": False, "differentiable": False}
 
@@ -61,11 +68,13 @@ def extension() -> Any:
 
     build_tools()
     source = Path(__file__).with_name("native") / "prox_step.cpp"
+    capability = torch.backends.cpu.get_cpu_capability()  # the vector extensions torch itself uses here
     try:
         return load(
-            name="sparsemtl_prox_step",
+            name=f"sparsemtl_prox_step_{capability.lower()}",  # one build per tier: a shared cache stays valid
             sources=[str(source)],
-            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"],
+            extra_cflags=["-O3", *_VECTOR_FLAGS.get(capability, []), "-fno-math-errno", "-fno-trapping-math"]
+            + ["-fopenmp-simd"],
             verbose=False,
         )
     except (OSError, RuntimeError, ImportError) as exc:
