@@ -29,6 +29,7 @@ from sparsemtl.runs.files import TEMP_PREFIX
 from sparsemtl.runs.run_dir import PENDING_BEST, TIME_FIELDS
 from sparsemtl.training import Callback, RunInterrupted, Trainer, resume, train
 from tests.conftest import TINY
+from tests.training.test_faults import assert_tensors_equal
 
 FAST = [*TINY, "model.encoder=test_resnet", "tasks=[depth]", "data.num_train=8", "train.deterministic=true"]
 EVERY_2 = [*FAST, "train.epochs=5", "train.checkpoint_every=2"]
@@ -89,22 +90,6 @@ def without_times(run: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records(run)]
 
 
-def assert_equal(a: Any, b: Any, where: str) -> None:
-    """Nested checkpoint contents equal: tensors bitwise, everything else with ==."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def assert_same_run(reference: Path, run: Path) -> None:
     """Same summary metrics, records (but for times), best model and training state, and a
     clean directory."""
@@ -112,10 +97,11 @@ def assert_same_run(reference: Path, run: Path) -> None:
     for key in ("test", "val", "best_epoch", "epochs_run", "monitor"):
         assert got[key] == ref[key], key
     assert without_times(run) == without_times(reference)
-    assert_equal(load_checkpoint(reference / "best.pt")["model"], load_checkpoint(run / "best.pt")["model"], "best")
+    best_ref, best = load_checkpoint(reference / "best.pt"), load_checkpoint(run / "best.pt")
+    assert_tensors_equal(best_ref["model"], best["model"], "best")
     last_ref, last = load_checkpoint(reference / "last.pt"), load_checkpoint(run / "last.pt")
     for key in ("epoch", "model", "optimizer", "scheduler", "rng", "best_epoch", "best_val"):
-        assert_equal(last_ref[key], last[key], f"last.pt {key}")
+        assert_tensors_equal(last_ref[key], last[key], f"last.pt {key}")
     assert not (run / PENDING_BEST).exists() and not list(run.glob(f"{TEMP_PREFIX}*"))
 
 
@@ -158,7 +144,7 @@ def test_background_writes_hold_the_same_checkpoints_as_synchronous_ones(every_2
         for payload in (a, b):  # all but the setting that differs and the time
             payload.pop("seconds", None)
             payload["config"]["train"].pop("async_checkpoint")
-        assert_equal(a, b, name)
+        assert_tensors_equal(a, b, name)
 
 
 def test_a_background_write_is_byte_identical_to_a_synchronous_one(tiny_config, tmp_path: Path) -> None:

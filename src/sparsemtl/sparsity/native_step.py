@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .weighted_solver import _newton_update, _row_start, _settled, default_rtol, group_test
+from .weighted_solver import default_rtol, group_test, newton_update, row_start, settled
 
 #: Compiler flags per CPU capability tier torch reports (not -march=native: a build cached on a
 #: shared disk must run on every machine of the tier).
@@ -123,7 +123,8 @@ def native_prox_step_(
     starts: list[torch.Tensor],
     max_iter: int = 50,
 ) -> list[bool]:
-    """AdamW's update of every tensor of ``params`` and the prox of their groups (thresholds
+    """AdamW's update of every tensor of ``params`` (``states``: AdamW's state of each, created
+    by :func:`init_state` before its first step) and the prox of their groups (thresholds
     ``taus``, one tensor per parameter) in Adam's metric, warm-started from ``starts``, which
     then hold the new group norms. Returns per tensor whether its prox is done: False where a
     group needs the eager solver's scaled solve (to be run on the updated tensor)."""
@@ -132,8 +133,6 @@ def native_prox_step_(
     mats, widths, scales = [], [], []
     sums = []
     for p, grad, state, dim, tau, start in zip(params, grads, states, dims, taus, starts):
-        if "step" not in state:
-            init_state(state, p)
         state["step"] += 1
         step = float(state["step"])
         correction = 1 - beta2**step
@@ -173,14 +172,14 @@ def native_prox_step_(
     lower, upper, keep, zero = test.lower, test.upper, test.keep, test.zero
     done = [not risky for risky in per_tensor(test.risky)]
     solve = test.solve & torch.tensor(done).repeat_interleave(torch.tensor(sizes))  # risky tensors: eager
-    theta = _row_start(start, lower, upper)
+    theta = row_start(start, lower, upper)
     sums_at(theta, per_tensor(solve & (theta != start)), s, t)  # warm starts out of bounds: the sums at theta
     active, step_tol = solve.clone(), 0.1 * math.sqrt(default_rtol(torch.float32))
     for newton in range(max_iter):
-        new = _newton_update(theta, s, t, lower, upper)
-        settled = _settled(theta, new, step_tol, newton == 0)
+        new = newton_update(theta, s, t, lower, upper)
+        done_now = settled(theta, new, step_tol, newton == 0)
         theta = torch.where(active, new, theta)
-        active &= ~settled
+        active &= ~done_now
         busy = per_tensor(active)
         if not any(busy):
             break

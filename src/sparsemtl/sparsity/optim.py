@@ -84,16 +84,27 @@ class _ProximalStep:
         """Prox of every sparsity group of ``group`` in metric ``precond`` (None: Euclidean);
         groups where the boolean ``informed`` is False are left as they are."""
         slices, weights = self._layout(index, group)
-        lr, spec = float(group["lr"]), group["prox"]
-        tau = weights * (lr * float(group["lam"]))
+        self._prox_of(slices, weights * (float(group["lr"]) * float(group["lam"])), group, precond, informed)
+
+    def _prox_of(
+        self,
+        slices: GroupSlices,
+        tau: torch.Tensor,
+        group: dict[str, Any],
+        precond: Precond | None,
+        informed: torch.Tensor | None,
+    ) -> None:
+        """The prox of ``group``'s penalty with thresholds ``tau`` on the groups of ``slices`` (all
+        of the param group's tensors, or some of them); groups not ``informed`` are left alone."""
         if informed is not None:
             tau = torch.where(informed, tau, torch.zeros_like(tau))
+        spec = group["prox"]
         penalty = PENALTIES.get(spec.get("penalty", "group_lasso"))()
-        penalty.prox_(slices, tau, lr, spec, precond, lambda: self._warm_starts(group, slices))
+        penalty.prox_(slices, tau, float(group["lr"]), spec, precond, lambda: self._warm_starts(slices))
 
-    def _warm_starts(self, group: dict[str, Any], slices: GroupSlices) -> list[torch.Tensor]:
+    def _warm_starts(self, slices: GroupSlices) -> list[torch.Tensor]:
         """Per-parameter group norms of the previous step (optimiser state, so they round-trip)."""
-        return [self._warm_start(p, dim) for p, dim in zip(group["params"], slices.dims)]
+        return [self._warm_start(p, dim) for p, dim in zip(slices.tensors, slices.dims)]
 
     def _warm_start(self, p: torch.Tensor, dim: int) -> torch.Tensor:
         """``p``'s group norms of the previous step, kept in its state once it has taken a step;
@@ -193,8 +204,7 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
         a tensor without a gradient this step, or one the native step leaves unsolved, gets the
         eager prox on its own."""
         slices, weights = self._layout(index, group)
-        lr = float(group["lr"])
-        tau = weights * (lr * float(group["lam"]))
+        tau = weights * (float(group["lr"]) * float(group["lam"]))
         stepped = [k for k, p in enumerate(group["params"]) if p in grads]
         params = [group["params"][k] for k in stepped]
         for p in params:
@@ -211,17 +221,11 @@ class ProxAdamW(_ProximalStep, torch.optim.AdamW):
         )
         solved = {k for k, ok in zip(stepped, done) if ok}
         for k, p in enumerate(group["params"]):
-            if k in solved:
-                continue
-            ids, dim = slices.ids[k], slices.dims[k]
-            single = self._tensor_layouts(index, slices)[k]
-            moments = self._second_moments({**group, "params": [p]})
-            informed = _informed(single, moments)
-            tau_k = tau[ids] if informed is None else torch.where(informed, tau[ids], torch.zeros_like(tau[ids]))
-            metric = self._adam_metric({**group, "params": [p]}, moments)
-            PENALTIES.get("group_lasso")().prox_(
-                single, tau_k, lr, group["prox"], metric, lambda p=p, dim=dim: [self._warm_start(p, dim)]
-            )
+            if k not in solved:
+                single = self._tensor_layouts(index, slices)[k]
+                moments = self._second_moments({**group, "params": [p]})
+                metric = self._adam_metric({**group, "params": [p]}, moments)
+                self._prox_of(single, tau[slices.ids[k]], group, metric, _informed(single, moments))
 
     def _tensor_layouts(self, index: int, slices: GroupSlices) -> list[GroupSlices]:
         """Each tensor of ``slices`` as a layout of its own (groups numbered from 0), kept."""

@@ -19,7 +19,7 @@ it (concavity) and the climb continues from there. Iterates are kept within the 
 [(||d x|| - tau)/max(d), (||d x|| - tau)/min(d)]. Convergence is quadratic, so a group stops
 once its relative Newton step is below sqrt(rtol)/10 (``rtol`` default: 4 machine epsilons of the
 dtype): the error left after such a step is far below ``rtol``; or once a step after the first
-fails to climb, which only rounding can cause (see ``weighted_solver._settled``). At most
+fails to climb, which only rounding can cause (see ``weighted_solver.settled``). At most
 ``max_iter`` passes.
 
 The separable case (every group inside one tensor, as for channel groups), the one training

@@ -364,7 +364,7 @@ class _Solver:
         self.lower, self.upper, self.keep, self.risky = test.lower, test.upper, test.keep, test.risky
         self.zero = test.zero
         self.active = test.solve & ~self.risky
-        self.theta = _row_start(start, self.lower, self.upper)
+        self.theta = row_start(start, self.lower, self.upper)
         self.flags: list[bool] = []  # any unsafe, any tau <= 0, any zero, all solved: _fetch_flags
         self.risky_solution: tuple[torch.Tensor, ...] = ()  # index, rows, zero, norms
         self.steps = 0  # Newton steps taken
@@ -384,8 +384,8 @@ class _Solver:
     def newton_step(self, step_tol: float) -> None:
         """One Newton step of every unconverged group (the others keep their theta)."""
         s, t = _newton_sums(self.x, self.d, self.theta, self.layout, *self.space.temporaries(self.x))
-        new = _newton_update(self.theta, s, t, self.lower, self.upper)
-        done = _settled(self.theta, new, step_tol, self.steps == 0)
+        new = newton_update(self.theta, s, t, self.lower, self.upper)
+        done = settled(self.theta, new, step_tol, self.steps == 0)
         self.theta = torch.where(self.active, new, self.theta)
         self.active &= ~done
         self.steps += 1
@@ -521,7 +521,7 @@ def scaled_rows_prox_(
     lower = excess * (pm / c.amax(1))
     upper = excess * (pm / c.amin(1))
     scale = xmax if full else xmax.index_select(0, active)
-    theta = _row_start(None if start is None else start[active], lower, upper, scale)
+    theta = row_start(None if start is None else start[active], lower, upper, scale)
     # c_i = tau' / d_i as a division (1 / d_i overflows for subnormal d_i); d_i = 0 with tau > 0
     # (even where tau' underflows) gives inf: that entry is set to 0
     c = torch.where(c > 0, ta.unsqueeze(1) / c, math.inf)
@@ -538,7 +538,7 @@ def scaled_rows_prox_(
     return zero, result
 
 
-def _row_start(
+def row_start(
     start: torch.Tensor | None,
     lower: torch.Tensor,
     upper: torch.Tensor,
@@ -572,15 +572,15 @@ def _row_newton(
         w = u.mul(x).square_()
         s = w.sum(1)
         t = w.mul_(u).sum(1)
-        new_theta = _newton_update(theta, s, t, lower, upper)
-        converged = bool(_settled(theta, new_theta, step_tol, step == 0).all())
+        new_theta = newton_update(theta, s, t, lower, upper)
+        converged = bool(settled(theta, new_theta, step_tol, step == 0).all())
         theta = new_theta
         if converged:
             break
     return theta
 
 
-def _settled(theta: torch.Tensor, new: torch.Tensor, step_tol: float, first: bool) -> torch.Tensor:
+def settled(theta: torch.Tensor, new: torch.Tensor, step_tol: float, first: bool) -> torch.Tensor:
     """Groups whose Newton step from ``theta`` to ``new`` ends their iteration: a relative step
     below ``step_tol`` or, after the first step, one that does not climb. From the second step
     on the iterates climb (see the module docstring), so a step that does not is rounding: in
@@ -591,7 +591,7 @@ def _settled(theta: torch.Tensor, new: torch.Tensor, step_tol: float, first: boo
     return small if first else small | (new <= theta)
 
 
-def _newton_update(
+def newton_update(
     theta: torch.Tensor, s: torch.Tensor, t: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
 ) -> torch.Tensor:
     """Newton's step on h = S^(-1/2) - 1 from ``theta`` (S = ``s``, -S'/2 = ``t``), kept in
